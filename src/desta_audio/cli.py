@@ -1,0 +1,22 @@
+"""The `desta` command. Each stage registers its own sub-app here; imports stay lazy so `--help` is fast."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="desta",
+    help="DeSTA2.5-Audio: ask audio questions, build self-generated alignment data, train, evaluate, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def main() -> None:
+    _register_subcommands()
+    app()
+
+
+def _register_subcommands() -> None:
+    # One line per stage; each module exposes a typer app or commands.
+    from desta_audio import cli_models  # noqa: F401  (models list/prepare, ask, chat)
