@@ -1,0 +1,424 @@
+"""The DeSTA2.5 model: Whisper perception (tapped encoder + transcripts) -> Q-Former -> frozen LLM.
+
+Only the connector (and optional LoRA) is trained and saved; Whisper and the LLM load from their own folders.
+Generation uses the LLM's stock `generate()` on `inputs_embeds`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from desta_audio.audio import SAMPLE_RATE, load_audio, split_windows
+from desta_audio.config import DeSTAConfig
+from desta_audio.processing import (
+    Batch,
+    Conversation,
+    ConversationEncoder,
+    Encoded,
+    audio_refs,
+    collate,
+    end_of_turn_ids,
+)
+from desta_audio.qformer import QFormerConnector
+
+log = logging.getLogger(__name__)
+
+ADAPTER_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+ADAPTER_PREFIX = "perception.connector."  # the released checkpoint's key prefix
+NO_SPEECH_TRANSCRIPT = " "  # what the release feeds the LLM when VAD finds no speech
+ENCODER_BATCH = 8  # 30 s windows per encoder pass: bounds peak memory on long or many clips
+
+
+class CheckpointError(ValueError):
+    """An adapter checkpoint that does not match the model it is loaded into."""
+
+
+class WhisperPerception(nn.Module):
+    """Runs the Whisper encoder once per 30 s window, keeps the tapped layers' hidden states (before the final
+    LayerNorm) for the connector and the final states for the decoder's transcript."""
+
+    def __init__(self, whisper: nn.Module, connector: QFormerConnector, tap_layers: list[int]) -> None:
+        super().__init__()
+        self.whisper = whisper
+        self.connector = connector
+        self.tap_layers = list(tap_layers)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.whisper.model.encoder
+
+    def encode(self, features: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """features (windows, mels, 3000) -> (taps: list of (windows, 1500, d), final encoder states)."""
+        captured: dict[int, torch.Tensor] = {}
+
+        def keep(index: int):
+            def hook(_module, _inputs, output):
+                captured[index] = output[0] if isinstance(output, tuple) else output
+            return hook
+
+        handles = [self.encoder.layers[i].register_forward_hook(keep(i)) for i in self.tap_layers]
+        try:
+            final = self.encoder(features).last_hidden_state
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [captured[i] for i in self.tap_layers], final
+
+
+@dataclass
+class ChatReply:
+    text: str
+    transcripts: list[str]
+    token_ids: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _PreparedAudio:
+    tokens: torch.Tensor  # (windows * prompt_size, llm_hidden)
+    transcript: str
+    transcript_ids: list[int]
+
+
+class DeSTAModel(nn.Module):
+    """DeSTA2.5-Audio. Build with `from_pretrained` (preset, folder or hub id) or from components (tests)."""
+
+    def __init__(
+        self,
+        config: DeSTAConfig,
+        *,
+        whisper: nn.Module,
+        llm: nn.Module,
+        tokenizer: Any,
+        feature_extractor: Any,
+        whisper_tokenizer: Any = None,
+        vad: Any = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        encoder_config = whisper.config
+        connector = QFormerConnector(
+            num_taps=len(config.tap_layers(encoder_config.encoder_layers)),
+            encoder_hidden=encoder_config.d_model,
+            encoder_heads=encoder_config.encoder_attention_heads,
+            llm_hidden=llm.config.get_text_config().hidden_size,
+            num_layers=config.qformer_num_hidden_layers,
+            prompt_size=config.prompt_size,
+            ffn=config.qformer_intermediate_size,
+            dropout=config.qformer_dropout,
+            eps=config.qformer_layer_norm_eps,
+        )
+        self.perception = WhisperPerception(whisper, connector, config.tap_layers(encoder_config.encoder_layers))
+        self.llm_model = llm
+        self.tokenizer = tokenizer
+        self.feature_extractor = feature_extractor
+        self.whisper_tokenizer = whisper_tokenizer
+        self.vad = vad
+        self.use_asr = whisper_tokenizer is not None
+        self.encoder_dtype = next(whisper.parameters()).dtype
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.conversations = ConversationEncoder(
+            tokenizer, system_prompt=config.system_prompt, placeholder_id=self._placeholder_id()
+        )
+        if config.use_lora:
+            self._add_lora()
+        self.freeze_backbones()
+
+    # ----- construction -----
+
+    @property
+    def llm(self) -> nn.Module:
+        return self.llm_model
+
+    @property
+    def connector(self) -> QFormerConnector:
+        return self.perception.connector
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.connector.parameters()).device
+
+    def _placeholder_id(self) -> int:
+        """Any id works (positions are tracked by mask); prefer the configured reserved token when it exists."""
+        token = self.config.placeholder_token
+        vocab = self.tokenizer.get_vocab()
+        if token and token in vocab:
+            return vocab[token]
+        return self.pad_id
+
+    def _add_lora(self) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=self.config.lora_rank,
+            lora_alpha=self.config.lora_alpha,
+            lora_dropout=self.config.lora_dropout,
+            target_modules=list(self.config.lora_target_modules),
+        )
+        # Keep the bare causal LM object (as the release does) so parameter names stay `llm_model.model...`.
+        self.llm_model = get_peft_model(self.llm_model, lora).base_model.model
+
+    def freeze_backbones(self) -> None:
+        """Adapter (and LoRA) trainable; Whisper and the LLM frozen."""
+        for name, parameter in self.named_parameters():
+            parameter.requires_grad = name.startswith(ADAPTER_PREFIX) or "lora_" in name
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable weights under their released names."""
+        return {
+            name: parameter.detach()
+            for name, parameter in self.named_parameters()
+            if name.startswith(ADAPTER_PREFIX) or "lora_" in name
+        }
+
+    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Strict load: every key of the checkpoint used, none of the model's adapter keys missing, shapes equal."""
+        expected = self.adapter_state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+        if missing or unexpected or wrong:
+            details = [f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}" if missing else "",
+                       f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}" if unexpected else "",
+                       "shape mismatch " + ", ".join(
+                           f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                           for k in wrong[:5]) if wrong else ""]
+            raise CheckpointError(
+                "adapter checkpoint does not match this model (check qformer_num_hidden_layers, prompt_size, "
+                "target_layer_ids, the encoder and the LLM): " + "; ".join(d for d in details if d)
+            )
+        with torch.no_grad():
+            parameters = dict(self.named_parameters())
+            for name, tensor in state.items():
+                parameters[name].copy_(tensor.to(parameters[name].dtype))
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json and the adapter-only model.safetensors in the released layout."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save_pretrained(directory)
+        state = {name: tensor.contiguous().cpu() for name, tensor in self.adapter_state_dict().items()}
+        save_file(state, str(directory / ADAPTER_FILE), metadata={"format": "pt"})
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, reference: str | Path = "desta-mini", **overrides: Any) -> "DeSTAModel":
+        """Load a preset name, an adapter folder (config.json [+ model.safetensors]) or a hub id.
+
+        overrides: `encoder`, `llm` (paths, hub ids or packaged names), `dtype`, `device`, `asr` (bool),
+        any DeSTAConfig field.
+        """
+        from desta_audio.loading import load_model
+
+        return load_model(reference, **overrides)
+
+    # ----- audio -> soft tokens and transcripts -----
+
+    def _features(self, windows: list[np.ndarray]) -> torch.Tensor:
+        features = self.feature_extractor(windows, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        return features.to(self.device, self.encoder_dtype)
+
+    def encode_audio_windows(self, windows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """30 s windows -> (soft tokens (windows, prompt_size, llm_hidden), final encoder states for ASR)."""
+        tokens, finals = [], []
+        for start in range(0, len(windows), ENCODER_BATCH):
+            with torch.no_grad():
+                taps, final = self.perception.encode(self._features(windows[start:start + ENCODER_BATCH]))
+            tokens.append(self.connector(taps))
+            finals.append(final)
+        return torch.cat(tokens), torch.cat(finals)
+
+    def _has_speech(self, audio: np.ndarray) -> bool:
+        if self.vad is None:
+            return True
+        from silero_vad import get_speech_timestamps
+
+        return bool(get_speech_timestamps(torch.from_numpy(audio), self.vad, sampling_rate=SAMPLE_RATE))
+
+    def transcribe_windows(self, features: torch.Tensor, encoder_states: torch.Tensor) -> list[str]:
+        """Greedy Whisper transcripts (language detected, no timestamps) reusing the encoder pass."""
+        from transformers.modeling_outputs import BaseModelOutput
+
+        texts: list[str] = []
+        for start in range(0, len(features), ENCODER_BATCH):
+            chunk = slice(start, start + ENCODER_BATCH)
+            ids = self.perception.whisper.generate(
+                input_features=features[chunk],
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states[chunk]),
+                max_new_tokens=self.config.max_transcript_tokens,
+                do_sample=False,
+                task="transcribe",
+                return_timestamps=False,
+            )
+            texts += [t.strip() for t in self.whisper_tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return texts
+
+    def prepare_audios(self, refs: list, timings: dict[str, float] | None = None) -> list[_PreparedAudio]:
+        """Load every audio, run the encoder over all their windows in batches, transcribe where needed."""
+        timings = timings if timings is not None else {}
+        clock = time.perf_counter()
+        arrays = [load_audio(ref.audio) for ref in refs]
+        windows = [split_windows(a) for a in arrays]
+        flat = [w for per_audio in windows for w in per_audio]
+        timings["load_s"] = time.perf_counter() - clock
+        if not flat:
+            return []
+
+        clock = time.perf_counter()
+        tokens, finals = self.encode_audio_windows(flat)
+        timings["encode_s"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        transcripts = [ref.text for ref in refs]
+        needs_asr = [i for i, ref in enumerate(refs) if ref.text is None]
+        if not self.use_asr:
+            for i in needs_asr:
+                transcripts[i] = NO_SPEECH_TRANSCRIPT
+            needs_asr = []
+        speech = [i for i in needs_asr if self._has_speech(arrays[i])]
+        for i in set(needs_asr) - set(speech):
+            transcripts[i] = NO_SPEECH_TRANSCRIPT
+        offsets = np.cumsum([0] + [len(w) for w in windows])
+        asr_windows = [j for i in speech for j in range(offsets[i], offsets[i + 1])]
+        if asr_windows:
+            texts = self.transcribe_windows(self._features([flat[j] for j in asr_windows]), finals[asr_windows])
+            by_window = dict(zip(asr_windows, texts))
+            for i in speech:
+                joined = " ".join(by_window[j] for j in range(offsets[i], offsets[i + 1]) if by_window[j])
+                transcripts[i] = joined or NO_SPEECH_TRANSCRIPT
+        timings["asr_s"] = time.perf_counter() - clock
+
+        prepared = []
+        for i, per_audio in enumerate(windows):
+            limit = self.config.max_transcript_tokens * len(per_audio)
+            ids = self.tokenizer.encode(transcripts[i], add_special_tokens=False)[:limit]
+            audio_tokens = tokens[offsets[i]:offsets[i + 1]].flatten(0, 1)
+            prepared.append(_PreparedAudio(audio_tokens, transcripts[i], ids))
+        return prepared
+
+    # ----- LLM inputs -----
+
+    def embed(self, batch: Batch, audio_tokens: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with the audio positions overwritten by the soft tokens (in row-major order)."""
+        embeds = self.llm_model.get_input_embeddings()(batch.input_ids.to(self.device))
+        if audio_tokens is None or audio_tokens.numel() == 0:
+            return embeds
+        mask = batch.audio_mask.to(self.device)
+        if int(mask.sum()) != audio_tokens.shape[0]:
+            raise RuntimeError(f"{int(mask.sum())} audio positions but {audio_tokens.shape[0]} audio tokens")
+        return embeds.masked_scatter(mask.unsqueeze(-1), audio_tokens.to(embeds.dtype))
+
+    def build_batch(self, conversations: Sequence[Conversation], *, for_training: bool = False,
+                    timings: dict[str, float] | None = None) -> tuple[Batch, torch.Tensor | None, list[list[str]]]:
+        """Conversations -> (padded batch, audio soft tokens in batch order, transcripts per conversation)."""
+        refs_per_conversation = [audio_refs(c) for c in conversations]
+        flat_refs = [r for refs in refs_per_conversation for r in refs]
+        prepared = self.prepare_audios(flat_refs, timings)
+        encoded: list[Encoded] = []
+        transcripts: list[list[str]] = []
+        cursor = 0
+        for conversation, refs in zip(conversations, refs_per_conversation):
+            mine = prepared[cursor:cursor + len(refs)]
+            cursor += len(refs)
+            encoded.append(self.conversations.encode(
+                conversation,
+                [p.tokens.shape[0] for p in mine],
+                [p.transcript_ids for p in mine],
+                for_training=for_training,
+            ))
+            transcripts.append([p.transcript for p in mine])
+        batch = collate(encoded, self.pad_id, padding_side="right" if for_training else "left")
+        audio_tokens = torch.cat([p.tokens for p in prepared]) if prepared else None
+        return batch, audio_tokens, transcripts
+
+    def forward(self, batch: Batch, audio_tokens: torch.Tensor | None) -> Any:
+        """Teacher-forced LLM pass; returns the HF output with `.loss` when the batch has labels."""
+        embeds = self.embed(batch, audio_tokens)
+        labels = batch.labels.to(self.device) if batch.labels is not None else None
+        return self.llm_model(inputs_embeds=embeds, attention_mask=batch.attention_mask.to(self.device), labels=labels)
+
+    # ----- generation -----
+
+    def generation_defaults(self) -> dict[str, Any]:
+        return {
+            "eos_token_id": sorted(end_of_turn_ids(self.tokenizer)),
+            "pad_token_id": self.pad_id,
+        }
+
+    @torch.inference_mode()
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        *,
+        max_new_tokens: int = 512,
+        do_sample: bool = False,
+        temperature: float = 0.7,
+        top_p: float = 0.9,
+        seed: int | None = None,
+        streamer: Any = None,
+    ) -> list[ChatReply]:
+        """Answer a batch of conversations (each a list of messages; see `processing`). Greedy by default; the
+        release's sampling settings are temperature 0.7, top_p 0.9."""
+        if isinstance(conversations, dict) or (conversations and isinstance(conversations[0], dict)):
+            raise TypeError("chat() takes a list of conversations; wrap a single conversation in a list")
+        if not conversations:
+            return []
+        self.eval()
+        timings: dict[str, float] = {}
+        batch, audio_tokens, transcripts = self.build_batch(conversations, timings=timings)
+        if seed is not None:
+            torch.manual_seed(seed)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
+            "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        clock = time.perf_counter()
+        generated = self.llm_model.generate(
+            inputs_embeds=self.embed(batch, audio_tokens),
+            attention_mask=batch.attention_mask.to(self.device),
+            max_new_tokens=max_new_tokens,
+            streamer=streamer,
+            **sampling,
+            **self.generation_defaults(),
+        )
+        timings["generate_s"] = time.perf_counter() - clock
+        stops = end_of_turn_ids(self.tokenizer) | {self.pad_id}
+        replies = []
+        for row, ids in enumerate(generated.tolist()):
+            ids = _until_stop(ids, stops)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            replies.append(ChatReply(text, transcripts[row], ids, dict(timings)))
+        return replies
+
+    def ask(self, audios: Sequence[Any], question: str, *, system: str | None = None, **generation: Any) -> ChatReply:
+        """One question about one or more audios (locators prepended when the question has none)."""
+        content = question if "<|AUDIO|>" in question else "".join("<|AUDIO|>" for _ in audios) + "\n" + question
+        conversation = [{"role": "user", "content": content, "audios": [{"audio": a, "text": None} for a in audios]}]
+        if system is not None:
+            conversation.insert(0, {"role": "system", "content": system})
+        return self.chat([conversation], **generation)[0]
+
+
+def _until_stop(ids: list[int], stops: set[int]) -> list[int]:
+    for position, token in enumerate(ids):
+        if token in stops:
+            return ids[:position]
+    return ids
+
+
+def read_config(directory: Path) -> DeSTAConfig:
+    with open(directory / CONFIG_FILE, encoding="utf-8") as handle:
+        raw = json.load(handle)
+    if raw.get("model_type") not in (None, DeSTAConfig.model_type):
+        raise CheckpointError(f"{directory / CONFIG_FILE}: model_type {raw.get('model_type')!r} is not a DeSTA model")
+    return DeSTAConfig(**{k: v for k, v in raw.items() if k != "model_type"})
