@@ -84,7 +84,9 @@ class ChatReply:
 
 
 @dataclass
-class _PreparedAudio:
+class PreparedAudio:
+    """One audio ready for the LLM: its soft tokens and its transcript (text and LLM token ids)."""
+
     tokens: torch.Tensor  # (windows * prompt_size, llm_hidden)
     transcript: str
     transcript_ids: list[int]
@@ -265,7 +267,7 @@ class DeSTAModel(nn.Module):
             texts += [t.strip() for t in self.whisper_tokenizer.batch_decode(ids, skip_special_tokens=True)]
         return texts
 
-    def prepare_audios(self, refs: list, timings: dict[str, float] | None = None) -> list[_PreparedAudio]:
+    def prepare_audios(self, refs: list, timings: dict[str, float] | None = None) -> list[PreparedAudio]:
         """Load every audio, run the encoder over all their windows in batches, transcribe where needed."""
         timings = timings if timings is not None else {}
         clock = time.perf_counter()
@@ -300,13 +302,14 @@ class DeSTAModel(nn.Module):
                 transcripts[i] = joined or NO_SPEECH_TRANSCRIPT
         timings["asr_s"] = time.perf_counter() - clock
 
-        prepared = []
-        for i, per_audio in enumerate(windows):
-            limit = self.config.max_transcript_tokens * len(per_audio)
-            ids = self.tokenizer.encode(transcripts[i], add_special_tokens=False)[:limit]
-            audio_tokens = tokens[offsets[i]:offsets[i + 1]].flatten(0, 1)
-            prepared.append(_PreparedAudio(audio_tokens, transcripts[i], ids))
-        return prepared
+        return [self.prepared_audio(tokens[offsets[i]:offsets[i + 1]], transcripts[i]) for i in range(len(refs))]
+
+    def prepared_audio(self, window_tokens: torch.Tensor, transcript: str) -> PreparedAudio:
+        """window_tokens (windows, prompt_size, llm_hidden) + transcript -> PreparedAudio; the transcript is
+        capped at max_transcript_tokens per window, the same in training and inference."""
+        limit = self.config.max_transcript_tokens * window_tokens.shape[0]
+        ids = self.tokenizer.encode(transcript, add_special_tokens=False)[:limit]
+        return PreparedAudio(window_tokens.flatten(0, 1), transcript, ids)
 
     # ----- LLM inputs -----
 
@@ -321,11 +324,19 @@ class DeSTAModel(nn.Module):
         return embeds.masked_scatter(mask.unsqueeze(-1), audio_tokens.to(embeds.dtype))
 
     def build_batch(self, conversations: Sequence[Conversation], *, for_training: bool = False,
-                    timings: dict[str, float] | None = None) -> tuple[Batch, torch.Tensor | None, list[list[str]]]:
-        """Conversations -> (padded batch, audio soft tokens in batch order, transcripts per conversation)."""
+                    timings: dict[str, float] | None = None, prepared: list[PreparedAudio] | None = None,
+                    ) -> tuple[Batch, torch.Tensor | None, list[list[str]]]:
+        """Conversations -> (padded batch, audio soft tokens in batch order, transcripts per conversation).
+
+        `prepared` (one per audio, in order) skips audio loading and encoding, e.g. when training from cached
+        encoder states.
+        """
         refs_per_conversation = [audio_refs(c) for c in conversations]
         flat_refs = [r for refs in refs_per_conversation for r in refs]
-        prepared = self.prepare_audios(flat_refs, timings)
+        if prepared is None:
+            prepared = self.prepare_audios(flat_refs, timings)
+        elif len(prepared) != len(flat_refs):
+            raise ValueError(f"{len(prepared)} prepared audios for {len(flat_refs)} audios in the conversations")
         encoded: list[Encoded] = []
         transcripts: list[list[str]] = []
         cursor = 0
