@@ -1,0 +1,205 @@
+"""Dynamic batching: concurrent chat requests share one batched `generate` call.
+
+Requests wait in a bounded list on the event loop. A collector task takes the oldest request, waits a short
+window for companions with the *same* sampling parameters (greedy ones together), and hands up to
+`max_batch_size` of them to a single worker thread, so torch never runs on the event loop and never runs two
+batches at once. While a batch runs, new requests pile up (up to `max_queue`) and form the next batch, which is
+where the throughput comes from. A full queue is refused at once (`QueueFullError`) instead of growing without
+bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+Conversation = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Generation settings of one request; requests batch together only when these are equal."""
+
+    max_new_tokens: int
+    do_sample: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    def chat_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
+        if self.do_sample:
+            if self.temperature is not None:
+                kwargs["temperature"] = self.temperature
+            if self.top_p is not None:
+                kwargs["top_p"] = self.top_p
+            if self.seed is not None:
+                kwargs["seed"] = self.seed
+        return kwargs
+
+
+ChatFunction = Callable[[Sequence[Conversation], SamplingParams], Sequence[Any]]
+
+
+class QueueFullError(RuntimeError):
+    """The server has `max_queue` requests waiting already; the client should retry later."""
+
+
+class BatcherClosedError(RuntimeError):
+    """The server is shutting down."""
+
+
+@dataclass(eq=False)
+class _Job:
+    conversation: Conversation
+    params: SamplingParams
+    future: asyncio.Future
+    enqueued_at: float
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        chat: ChatFunction,
+        *,
+        max_batch_size: int = 16,
+        window_s: float = 0.015,
+        max_queue: int = 64,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1 or window_s < 0:
+            raise ValueError(
+                f"max_batch_size ({max_batch_size}) and max_queue ({max_queue}) must be >= 1, "
+                f"window_s ({window_s}) >= 0"
+            )
+        self._chat = chat
+        self.max_batch_size = max_batch_size
+        self.window_s = window_s
+        self.max_queue = max_queue
+        self._on_batch = on_batch
+        self._pending: list[_Job] = []
+        self._running = 0
+        self._arrival: asyncio.Event | None = None
+        self._collector: asyncio.Task | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._arrival = asyncio.Event()
+        # One worker: batches run one after another; the model is not re-entrant.
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="desta-generate")
+        self._collector = asyncio.create_task(self._collect_forever(), name="desta-batcher")
+
+    async def stop(self) -> None:
+        if self._collector is not None:
+            self._collector.cancel()
+            try:
+                await self._collector
+            except asyncio.CancelledError:
+                pass
+            self._collector = None
+        for job in self._pending:
+            if not job.future.done():
+                job.future.set_exception(BatcherClosedError("the server is shutting down"))
+        self._pending.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    # -- submission ------------------------------------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a batch (not counting the batch being generated)."""
+        return len(self._pending)
+
+    @property
+    def running(self) -> int:
+        """Requests in the batch being generated now."""
+        return self._running
+
+    async def submit(self, conversation: Conversation, params: SamplingParams) -> Any:
+        """Queue one conversation and wait for its reply. Cancelling the caller drops the request if it has
+        not started yet (a request already in a running batch finishes and its reply is discarded)."""
+        if self._collector is None or self._arrival is None or self._loop is None:
+            raise BatcherClosedError("the batcher is not running; call start() first")
+        self._pending = [job for job in self._pending if not job.future.done()]
+        if len(self._pending) >= self.max_queue:
+            raise QueueFullError(
+                f"the server is busy: {len(self._pending)} requests are already waiting (max_queue={self.max_queue})"
+            )
+        job = _Job(conversation, params, self._loop.create_future(), self._loop.time())
+        self._pending.append(job)
+        self._arrival.set()
+        return await job.future
+
+    def submit_threadsafe(self, conversation: Conversation, params: SamplingParams) -> concurrent.futures.Future:
+        """Submit from another thread (e.g. the web demo's handlers); returns a concurrent future."""
+        if self._loop is None:
+            raise BatcherClosedError("the batcher is not running; call start() first")
+        return asyncio.run_coroutine_threadsafe(self.submit(conversation, params), self._loop)
+
+    # -- collection ------------------------------------------------------------------------------------------
+    async def _collect_forever(self) -> None:
+        assert self._arrival is not None and self._loop is not None
+        loop = self._loop
+        while True:
+            await self._arrival.wait()
+            self._pending = [job for job in self._pending if not job.future.done()]
+            if not self._pending:
+                self._arrival.clear()
+                continue
+            oldest = self._pending[0]
+            companions = [job for job in self._pending if job.params == oldest.params]
+            still_open = oldest.enqueued_at + self.window_s - loop.time()
+            if still_open > 0 and len(companions) < self.max_batch_size:
+                await asyncio.sleep(still_open)
+                continue
+            batch = companions[: self.max_batch_size]
+            taken = set(map(id, batch))
+            self._pending = [job for job in self._pending if id(job) not in taken]
+            if not self._pending:
+                self._arrival.clear()
+            await self._run(batch)
+
+    async def _run(self, batch: list[_Job]) -> None:
+        assert self._loop is not None
+        self._running = len(batch)
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
+        conversations = [job.conversation for job in batch]
+        try:
+            outcomes = await self._loop.run_in_executor(self._executor, self._generate, conversations, batch[0].params)
+        except Exception as error:  # the executor itself failed (e.g. shut down): fail the whole batch
+            outcomes = [error] * len(batch)
+        finally:
+            self._running = 0
+        for job, outcome in zip(batch, outcomes):
+            if job.future.done():  # the client gave up (timeout, disconnect)
+                continue
+            if isinstance(outcome, BaseException):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
+
+    def _generate(self, conversations: list[Conversation], params: SamplingParams) -> list[Any]:
+        """Runs on the worker thread. One failing conversation must not fail its batch-mates, so a failed
+        batch is retried one conversation at a time to find the culprit."""
+        try:
+            replies = list(self._chat(conversations, params))
+            if len(replies) != len(conversations):
+                raise RuntimeError(f"chat returned {len(replies)} replies for {len(conversations)} conversations")
+            return replies
+        except Exception as error:
+            if len(conversations) == 1:
+                logger.exception("generation failed")
+                return [error]
+            logger.warning("a batch of %d failed (%s); retrying one by one", len(conversations), error)
+            return [self._generate([conversation], params)[0] for conversation in conversations]

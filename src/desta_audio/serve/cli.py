@@ -1,0 +1,104 @@
+"""`desta serve` (OpenAI-compatible API) and `desta demo` (web demo). Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+serve_app = typer.Typer(help="Serve a model over an OpenAI-compatible HTTP API.", add_completion=False)
+demo_app = typer.Typer(help="Run the web demo (upload or record audio, ask, chat).", add_completion=False)
+
+logger = logging.getLogger(__name__)
+
+_MODEL_HELP = "preset name (desta-tiny, desta-mini), local model folder or hub id"
+
+
+def _load_model(reference: str):
+    from desta_audio.modeling import DeSTAModel
+
+    logger.info("loading %s", reference)
+    return DeSTAModel.from_pretrained(reference)
+
+
+@serve_app.callback(invoke_without_command=True)
+def serve(
+    model: Annotated[str, typer.Option(help=_MODEL_HELP)] = "desta-tiny",
+    host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 exposes it to the network)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    served_name: Annotated[Optional[str], typer.Option(help="model id clients send (default: --model)")] = None,
+    api_key: Annotated[
+        Optional[str], typer.Option(envvar="DESTA_API_KEY", help="require 'Authorization: Bearer KEY' (env DESTA_API_KEY)")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(help="most conversations in one batched generate")] = 16,
+    batch_window_ms: Annotated[float, typer.Option(help="how long the first request waits for companions")] = 15.0,
+    max_queue: Annotated[int, typer.Option(help="waiting requests before new ones get 503")] = 64,
+    max_audio_seconds: Annotated[float, typer.Option(help="most audio per request, in seconds")] = 600.0,
+    max_request_mb: Annotated[float, typer.Option(help="largest request body, in MB")] = 25.0,
+    request_timeout: Annotated[float, typer.Option(help="seconds before a request gets 504")] = 120.0,
+    max_tokens_limit: Annotated[int, typer.Option(help="largest max_tokens a request may ask for")] = 2048,
+    cors_origin: Annotated[Optional[list[str]], typer.Option(help="allow browser calls from this origin (repeat)")] = None,
+    allowed_audio_dir: Annotated[
+        Optional[Path], typer.Option(help="let requests name audio files (file:// URLs) below this folder")
+    ] = None,
+    allow_audio_urls: Annotated[bool, typer.Option(help="let the server fetch http(s) audio URLs named by requests")] = False,
+    demo: Annotated[bool, typer.Option(help="also serve the web demo at /demo, through the same batcher")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+) -> None:
+    """Start the API: POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics."""
+    import uvicorn
+
+    from desta_audio.serve.api import ServeSettings, create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = ServeSettings(
+        model_id=served_name or model,
+        api_key=api_key,
+        max_batch_size=max_batch,
+        batch_window_ms=batch_window_ms,
+        max_queue=max_queue,
+        max_audio_seconds=max_audio_seconds,
+        max_request_mb=max_request_mb,
+        request_timeout_s=request_timeout,
+        max_tokens_limit=max_tokens_limit,
+        cors_origins=list(cors_origin or []),
+        allowed_audio_dir=allowed_audio_dir,
+        allow_audio_urls=allow_audio_urls,
+    )
+    app = create_app(_load_model(model), settings)
+    if demo:
+        _mount_demo(app)
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), timeout_graceful_shutdown=5)
+
+
+def _mount_demo(app) -> None:
+    import gradio as gr
+
+    from desta_audio.serve.batcher import SamplingParams
+    from desta_audio.serve.demo import build_demo, theme
+
+    batcher = app.state.batcher
+    params = SamplingParams(max_new_tokens=256)
+    timeout = app.state.settings.request_timeout_s
+
+    def answer(conversation):
+        return batcher.submit_threadsafe(conversation, params).result(timeout=timeout)
+
+    gr.mount_gradio_app(app, build_demo(answer), path="/demo", theme=theme())
+
+
+@demo_app.callback(invoke_without_command=True)
+def run_demo(
+    model: Annotated[str, typer.Option(help=_MODEL_HELP)] = "desta-tiny",
+    host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 exposes it to the network)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 7860,
+    max_new_tokens: Annotated[int, typer.Option(help="longest answer, in tokens")] = 256,
+) -> None:
+    """Start the web demo on its own (greedy answers)."""
+    from desta_audio.serve.demo import build_demo, model_answer_function, theme
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    answer = model_answer_function(_load_model(model), max_new_tokens=max_new_tokens)
+    build_demo(answer).launch(server_name=host, server_port=port, share=False, theme=theme(), footer_links=[])

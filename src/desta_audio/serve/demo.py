@@ -1,0 +1,121 @@
+"""Gradio web demo: upload or record clips, ask, read the transcripts and the answer, keep the conversation going.
+
+`build_demo(answer)` takes the function that answers one conversation, so the same model object serves the
+demo alone (`desta demo`: `model.chat`) or next to the API (`desta serve --demo`: through the API's batcher).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from desta_audio.audio import AudioError
+
+# No usage reporting to a third party from a demo someone runs locally.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+AUDIO_PLACEHOLDER = "<|AUDIO|>"
+Conversation = list[dict[str, Any]]
+AnswerFunction = Callable[[Conversation], Any]  # -> ChatReply (has .text and .transcripts)
+
+_INTRO = (
+    "# DeSTA2.5-Audio\n"
+    "Upload one or more audio clips (or record one), type a question and press **Ask**. "
+    "Clips attach to the question you send with them; follow-up questions keep the whole conversation."
+)
+
+
+def model_answer_function(model: Any, *, max_new_tokens: int = 256) -> AnswerFunction:
+    """Answer with the model directly; a lock keeps one generate at a time (the model is not re-entrant)."""
+    lock = threading.Lock()
+
+    def answer(conversation: Conversation) -> Any:
+        with lock:
+            return model.chat([conversation], max_new_tokens=max_new_tokens, do_sample=False)[0]
+
+    return answer
+
+
+def theme() -> Any:
+    import gradio as gr
+
+    # System fonts: the default theme pulls web fonts from the internet, which an offline machine cannot reach.
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+
+
+def build_demo(answer: AnswerFunction, *, title: str = "DeSTA2.5-Audio") -> Any:
+    import gradio as gr
+
+    def ask(
+        question: str,
+        uploads: list[str] | None,
+        recording: str | None,
+        conversation: Conversation,
+        history: list[dict[str, Any]],
+    ) -> tuple[Any, ...]:
+        question = (question or "").strip()
+        clips = [str(path) for path in (uploads or [])] + ([str(recording)] if recording else [])
+        if not question and not clips:
+            raise gr.Error("Type a question (and attach audio clips, if any) first.")
+        content = "".join(f"{AUDIO_PLACEHOLDER}\n" for _ in clips) + (question or "Describe the audio.")
+        message: dict[str, Any] = {"role": "user", "content": content}
+        if clips:
+            message["audios"] = [{"audio": clip, "text": None} for clip in clips]
+        try:
+            reply = answer([*conversation, message])
+        except AudioError as error:
+            raise gr.Error(str(error)) from None
+        conversation = [*conversation, message, {"role": "assistant", "content": reply.text}]
+        shown = [{"role": "user", "content": {"path": clip}} for clip in clips]
+        shown.append({"role": "user", "content": question or "Describe the audio."})
+        shown.append({"role": "assistant", "content": reply.text})
+        return (
+            [*history, *shown],
+            conversation,
+            _transcripts_markdown(conversation, list(getattr(reply, "transcripts", []) or [])),
+            "",
+            None,
+            None,
+        )
+
+    def reset() -> tuple[Any, ...]:
+        return [], [], "", "", None, None
+
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+        gr.Markdown(_INTRO)
+        conversation_state = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=1):
+                uploads = gr.File(
+                    label="Audio clips", file_count="multiple", file_types=["audio"], type="filepath", elem_id="clips"
+                )
+                recording = gr.Audio(sources=["microphone"], type="filepath", label="Or record", elem_id="recording")
+                transcripts = gr.Markdown(elem_id="transcripts")
+            with gr.Column(scale=2):
+                chatbot = gr.Chatbot(label="Conversation", elem_id="conversation", height=420)
+                question = gr.Textbox(label="Question", placeholder="What did the speaker say?", elem_id="question")
+                with gr.Row():
+                    ask_button = gr.Button("Ask", variant="primary", elem_id="ask")
+                    clear_button = gr.Button("New conversation", elem_id="clear")
+        outputs = [chatbot, conversation_state, transcripts, question, uploads, recording]
+        inputs = [question, uploads, recording, conversation_state, chatbot]
+        ask_button.click(ask, inputs, outputs, api_name="ask")
+        question.submit(ask, inputs, outputs, api_name=False)
+        clear_button.click(reset, None, outputs, api_name=False)
+    return demo
+
+
+def _transcripts_markdown(conversation: Conversation, latest: list[str]) -> str:
+    """All clips of the conversation with their transcripts; the latest turn's come from the reply."""
+    clips = [audio["audio"] for message in conversation for audio in message.get("audios", [])]
+    if not clips:
+        return ""
+    # The reply lists a transcript for every audio of the conversation, in order.
+    lines = ["**Transcripts**", ""]
+    for index, clip in enumerate(clips):
+        text = latest[index] if index < len(latest) else ""
+        lines.append(f"{index + 1}. `{Path(str(clip)).name}`: {text.strip() or '(no speech)'}")
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""Prometheus metrics of one server instance (own registry, so several apps in one process stay apart)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["ServeMetrics", "CONTENT_TYPE_LATEST"]
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+class ServeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "desta_requests", "Chat completion requests by outcome (HTTP status).", ["status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "desta_request_latency_seconds",
+            "Time from accepting a chat request to its full answer.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "desta_batch_size", "Conversations per batched generate call.", buckets=_BATCH_BUCKETS, registry=self.registry
+        )
+        self.completion_tokens = Counter(
+            "desta_completion_tokens", "Tokens generated in answers.", registry=self.registry
+        )
+        self.audio_seconds = Counter(
+            "desta_audio_seconds", "Seconds of audio received in requests.", registry=self.registry
+        )
+        self.queue_depth = Gauge("desta_queue_depth", "Requests waiting for a batch.", registry=self.registry)
+        self.running = Gauge("desta_running_requests", "Requests in the batch being generated.", registry=self.registry)
+
+    def watch_queue(self, depth: Callable[[], float], running: Callable[[], float]) -> None:
+        self.queue_depth.set_function(depth)
+        self.running.set_function(running)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,99 @@
+"""Shared pieces of the serving tests: a recording fake model, generated audio, a real server on loopback."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+
+def tone_wav(seconds: float = 1.0, frequency: float = 440.0, rate: int = 16_000, fmt: str = "WAV") -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (0.3 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, format=fmt)
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def audio_part(data: bytes, fmt: str = "wav", **extra: Any) -> dict[str, Any]:
+    return {"type": "input_audio", "input_audio": {"data": b64(data), "format": fmt, **extra}}
+
+
+@dataclass
+class FakeReply:
+    text: str
+    transcripts: list[str]
+    token_ids: list[int] = field(default_factory=list)
+
+
+class FakeModel:
+    """Answers describe what reached the model (roles, text, clip lengths), so tests can check the translation
+    from OpenAI messages; every call's batch size is recorded."""
+
+    tokenizer = None
+
+    def __init__(self, delay_s: float = 0.0, fail_on: str | None = None) -> None:
+        self.delay_s = delay_s
+        self.fail_on = fail_on
+        self.batches: list[int] = []
+        self.calls: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def chat(self, conversations: list[list[dict[str, Any]]], **generation: Any) -> list[FakeReply]:
+        with self._lock:
+            self.batches.append(len(conversations))
+            self.calls.append(generation)
+        if self.fail_on and any(self.fail_on in m["content"] for c in conversations for m in c):
+            raise RuntimeError("boom: a secret internal detail")
+        time.sleep(self.delay_s)
+        return [self._answer(conversation) for conversation in conversations]
+
+    @staticmethod
+    def _answer(conversation: list[dict[str, Any]]) -> FakeReply:
+        audios = [a for m in conversation for a in m.get("audios", [])]
+        roles = ",".join(m["role"] for m in conversation)
+        last = conversation[-1]["content"].replace("\n", " ")
+        lengths = ",".join(str(a["audio"].size) for a in audios)
+        transcripts = [a["text"] if a["text"] is not None else f"clip of {a['audio'].size} samples" for a in audios]
+        text = f"roles={roles} last=[{last}] audio_samples=[{lengths}]"
+        return FakeReply(text, transcripts, list(range(len(text.split()))))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(app: Any) -> Iterator[str]:
+    """Run `app` with uvicorn on a free loopback port in a thread; yields the base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

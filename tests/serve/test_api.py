@@ -1,0 +1,233 @@
+"""The API against a real uvicorn server on loopback, driven by the official openai client (fake model)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import httpx
+import openai
+import pytest
+
+from desta_audio.serve.api import ServeSettings, create_app
+from tests.serve.helpers import FakeModel, audio_part, b64, running_server, tone_wav
+
+MODEL = "desta-test"
+
+
+@pytest.fixture
+def fake() -> FakeModel:
+    return FakeModel()
+
+
+@pytest.fixture
+def served(fake):
+    settings = ServeSettings(model_id=MODEL, max_request_mb=1, max_audio_seconds=10, batch_window_ms=5)
+    with running_server(create_app(fake, settings)) as url:
+        yield url
+
+
+def client(url: str, **kwargs) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=kwargs.pop("api_key", "unused"), max_retries=0, **kwargs)
+
+
+def test_plain_text_chat(served, fake):
+    reply = client(served).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hello there"}], temperature=0, max_tokens=32
+    )
+    assert reply.choices[0].message.content == "roles=user last=[Hello there] audio_samples=[]"
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage.completion_tokens == len(reply.choices[0].message.content.split())
+    assert fake.calls == [{"max_new_tokens": 32, "do_sample": False}]
+
+
+def test_audio_parts_become_placeholders_in_order(served):
+    one, two = tone_wav(0.5), tone_wav(1.0, 220.0)
+    content = [
+        {"type": "text", "text": "Compare"},
+        audio_part(one),
+        {"type": "text", "text": "with"},
+        audio_part(two, transcript="known words"),
+        {"type": "text", "text": "Which is longer?"},
+    ]
+    reply = client(served).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}],
+                                                   temperature=0)
+    message = reply.choices[0].message
+    assert message.content == "roles=user last=[Compare <|AUDIO|> with <|AUDIO|> Which is longer?] audio_samples=[8000,16000]"
+    assert message.model_extra["transcripts"] == ["clip of 8000 samples", "known words"]
+
+
+def test_mp3_and_resampling(served):
+    mp3 = tone_wav(1.0, rate=44_100, fmt="MP3")
+    reply = client(served).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": [audio_part(mp3, "mp3"), {"type": "text", "text": "?"}]}],
+        temperature=0,
+    )
+    samples = int(reply.choices[0].message.content.split("audio_samples=[")[1].rstrip("]"))
+    assert abs(samples - 16_000) < 2_000  # mp3 frames pad a little; the rate is 16 kHz whatever came in
+
+
+def test_multi_turn_history(served):
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [audio_part(tone_wav(0.25)), {"type": "text", "text": "What is it?"}]},
+        {"role": "assistant", "content": "A tone."},
+        {"role": "user", "content": "How long is it?"},
+    ]
+    reply = client(served).chat.completions.create(model=MODEL, messages=messages, temperature=0)
+    assert reply.choices[0].message.content == "roles=system,user,assistant,user last=[How long is it?] audio_samples=[4000]"
+
+
+def test_streaming_reassembles_the_answer(served):
+    stream = client(served).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "stream me please"}], temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "roles=user last=[stream me please] audio_samples=[]"
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens == len(text.split())
+
+
+def test_sampling_parameters_reach_the_model(served, fake):
+    client(served).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                           temperature=0.5, top_p=0.8, max_tokens=7, seed=3)
+    assert fake.calls[-1] == {"max_new_tokens": 7, "do_sample": True, "temperature": 0.5, "top_p": 0.8, "seed": 3}
+
+
+def test_stop_sequence_cuts_the_answer(served):
+    reply = client(served).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
+                                                   temperature=0, stop=["last="])
+    assert reply.choices[0].message.content == "roles=user "
+
+
+def test_models_health_and_metrics(served):
+    assert [m.id for m in client(served).models.list()] == [MODEL]
+    assert httpx.get(f"{served}/health").json()["status"] == "ok"
+    client(served).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], temperature=0)
+    metrics = httpx.get(f"{served}/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert 'desta_requests_total{status="200"} 1.0' in metrics.text
+    assert "desta_batch_size_count 1.0" in metrics.text
+
+
+@pytest.mark.parametrize(
+    ("part", "expected"),
+    [
+        (audio_part(b"definitely not audio"), "cannot decode"),
+        ({"type": "input_audio", "input_audio": {"data": "%%%not base64%%%", "format": "wav"}}, "not valid base64"),
+        (audio_part(b""), "empty"),
+        (audio_part(tone_wav(11.0)), "limit"),
+        ({"type": "audio_url", "audio_url": {"url": "file:///etc/passwd"}}, "does not read server-side files"),
+        ({"type": "audio_url", "audio_url": {"url": "http://127.0.0.1:9/a.wav"}}, "does not fetch audio URLs"),
+    ],
+)
+def test_bad_audio_gets_400_with_a_message(served, part, expected):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(served).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [part]}])
+    assert expected in caught.value.message
+    assert "Traceback" not in caught.value.message
+
+
+def test_data_url_audio_is_accepted(served):
+    url = "data:audio/wav;base64," + b64(tone_wav(0.5))
+    reply = client(served).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": url}}]}],
+        temperature=0,
+    )
+    assert reply.choices[0].message.content.endswith("audio_samples=[8000]")
+
+
+def test_oversize_request_gets_413(served):
+    big = tone_wav(9.0, rate=48_000)  # ~1.7 MB of wav, over the 1 MB limit of this server
+    with pytest.raises(openai.APIStatusError) as caught:
+        client(served).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [audio_part(big)]}])
+    assert caught.value.status_code == 413
+    assert "larger than" in caught.value.message
+
+
+def test_malformed_requests_get_400(served):
+    response = httpx.post(f"{served}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "invalid request" in response.json()["error"]["message"]
+    response = httpx.post(f"{served}/v1/chat/completions", json={"model": MODEL, "messages": []})
+    assert response.status_code == 400
+    with pytest.raises(openai.BadRequestError, match="n=2"):
+        client(served).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], n=2)
+    with pytest.raises(openai.BadRequestError, match="must not contain"):
+        client(served).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "<|AUDIO|> hi"}])
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client(served).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+
+
+def test_model_failure_is_500_without_internals():
+    settings = ServeSettings(model_id=MODEL)
+    with running_server(create_app(FakeModel(fail_on="explode"), settings)) as url:
+        with pytest.raises(openai.InternalServerError) as caught:
+            client(url).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "explode"}])
+        assert "secret" not in str(caught.value.body) and "Traceback" not in str(caught.value.body)
+        # the server keeps working afterwards
+        ok = client(url).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "fine"}])
+        assert ok.choices[0].message.content.startswith("roles=user")
+
+
+def test_api_key_is_required_when_set():
+    settings = ServeSettings(model_id=MODEL, api_key="s3cret")
+    with running_server(create_app(FakeModel(), settings)) as url:
+        with pytest.raises(openai.AuthenticationError):
+            client(url, api_key="wrong").models.list()
+        assert [m.id for m in client(url, api_key="s3cret").models.list()] == [MODEL]
+        assert httpx.get(f"{url}/health").status_code == 200  # liveness stays open
+        assert httpx.get(f"{url}/metrics").status_code == 401
+
+
+def test_cors_is_off_by_default(served):
+    response = httpx.options(f"{served}/v1/models", headers={"Origin": "http://evil.example",
+                                                             "Access-Control-Request-Method": "GET"})
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_full_queue_answers_503_and_recovers():
+    fake = FakeModel(delay_s=0.5)
+    settings = ServeSettings(model_id=MODEL, max_batch_size=1, max_queue=2, batch_window_ms=0)
+    with running_server(create_app(fake, settings)) as url:
+        def one(i: int) -> int:
+            try:
+                client(url).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"q{i}"}])
+                return 200
+            except openai.APIStatusError as error:
+                assert "busy" in error.message
+                assert error.response.headers.get("retry-after") == "1"
+                return error.status_code
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(one, range(8)))
+        assert statuses.count(503) >= 1 and statuses.count(200) >= 3  # 1 running + 2 queued at least
+        assert set(statuses) <= {200, 503}
+        assert one(99) == 200
+
+
+def test_request_timeout_gives_504():
+    settings = ServeSettings(model_id=MODEL, request_timeout_s=0.2)
+    with running_server(create_app(FakeModel(delay_s=1.0), settings)) as url:
+        with pytest.raises(openai.APIStatusError) as caught:
+            client(url).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "slow"}])
+        assert caught.value.status_code == 504
+
+
+def test_32_concurrent_clients_are_batched_and_answered(fake):
+    fake.delay_s = 0.05
+    settings = ServeSettings(model_id=MODEL, max_batch_size=16, batch_window_ms=20)
+    with running_server(create_app(fake, settings)) as url:
+        api = client(url)
+
+        def ask(i: int) -> str:
+            return api.chat.completions.create(
+                model=MODEL, temperature=0,
+                messages=[{"role": "user", "content": [audio_part(tone_wav(0.1 + i / 100)), {"type": "text", "text": f"q{i}"}]}],
+            ).choices[0].message.content
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(ask, range(32)))
+    assert answers == [f"roles=user last=[<|AUDIO|> q{i}] audio_samples=[{int((0.1 + i / 100) * 16000)}]" for i in range(32)]
+    assert sum(fake.batches) == 32 and max(fake.batches) > 1
