@@ -1,0 +1,133 @@
+"""The dynamic batcher on its own: grouping, bounds, failure isolation, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from desta_audio.serve.batcher import DynamicBatcher, QueueFullError, SamplingParams
+
+GREEDY = SamplingParams(max_new_tokens=8)
+SAMPLED = SamplingParams(max_new_tokens=8, do_sample=True, temperature=0.7, top_p=0.9)
+
+
+class Recorder:
+    def __init__(self, delay_s: float = 0.0, fail_on: str | None = None) -> None:
+        self.batches: list[tuple[list[str], SamplingParams]] = []
+        self.delay_s, self.fail_on = delay_s, fail_on
+        self.threads: set[str] = set()
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, conversations, params):
+        self.threads.add(threading.current_thread().name)
+        self.release.wait(5)
+        names = [c[0]["content"] for c in conversations]
+        self.batches.append((names, params))
+        if self.fail_on in names:
+            raise ValueError(f"cannot answer {self.fail_on}")
+        return [f"answer to {name}" for name in names]
+
+
+def ask(name: str) -> list[dict]:
+    return [{"role": "user", "content": name}]
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_concurrent_requests_share_a_batch_per_sampling_setting():
+    chat = Recorder()
+
+    async def main():
+        batcher = DynamicBatcher(chat, max_batch_size=8, window_s=0.05)
+        await batcher.start()
+        jobs = [batcher.submit(ask(f"g{i}"), GREEDY) for i in range(5)]
+        jobs += [batcher.submit(ask(f"s{i}"), SAMPLED) for i in range(3)]
+        answers = await asyncio.gather(*jobs)
+        await batcher.stop()
+        return answers
+
+    answers = run(main())
+    assert answers == [f"answer to g{i}" for i in range(5)] + [f"answer to s{i}" for i in range(3)]
+    assert chat.batches == [([f"g{i}" for i in range(5)], GREEDY), ([f"s{i}" for i in range(3)], SAMPLED)]
+    assert len(chat.threads) == 1 and threading.main_thread().name not in chat.threads
+
+
+def test_batches_never_exceed_the_maximum():
+    chat = Recorder()
+
+    async def main():
+        batcher = DynamicBatcher(chat, max_batch_size=4, window_s=0.02)
+        await batcher.start()
+        await asyncio.gather(*(batcher.submit(ask(str(i)), GREEDY) for i in range(10)))
+        await batcher.stop()
+
+    run(main())
+    assert [len(names) for names, _ in chat.batches] == [4, 4, 2]
+
+
+def test_full_queue_is_refused_immediately():
+    chat = Recorder()
+    chat.release.clear()  # hold the first batch in the worker so the queue fills
+
+    async def main():
+        batcher = DynamicBatcher(chat, max_batch_size=1, window_s=0, max_queue=2)
+        await batcher.start()
+        first = asyncio.create_task(batcher.submit(ask("running"), GREEDY))
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.create_task(batcher.submit(ask(f"w{i}"), GREEDY)) for i in range(2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFullError, match="max_queue=2"):
+            await batcher.submit(ask("one too many"), GREEDY)
+        chat.release.set()
+        answers = await asyncio.gather(first, *waiting)
+        await batcher.stop()
+        return answers
+
+    assert run(main()) == ["answer to running", "answer to w0", "answer to w1"]
+
+
+def test_a_failing_conversation_does_not_fail_its_batch_mates():
+    chat = Recorder(fail_on="bad")
+
+    async def main():
+        batcher = DynamicBatcher(chat, max_batch_size=8, window_s=0.05)
+        await batcher.start()
+        results = await asyncio.gather(*(batcher.submit(ask(n), GREEDY) for n in ["a", "bad", "c"]),
+                                       return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    good_a, bad, good_c = run(main())
+    assert (good_a, good_c) == ("answer to a", "answer to c")
+    assert isinstance(bad, ValueError) and "bad" in str(bad)
+
+
+def test_cancelled_requests_are_dropped_before_they_run():
+    chat = Recorder()
+    chat.release.clear()
+
+    async def main():
+        batcher = DynamicBatcher(chat, max_batch_size=1, window_s=0)
+        await batcher.start()
+        first = asyncio.create_task(batcher.submit(ask("first"), GREEDY))
+        await asyncio.sleep(0.05)
+        abandoned = asyncio.create_task(batcher.submit(ask("abandoned"), GREEDY))
+        await asyncio.sleep(0.01)
+        abandoned.cancel()
+        chat.release.set()
+        await first
+        await asyncio.sleep(0.05)
+        await batcher.stop()
+
+    run(main())
+    assert [names for names, _ in chat.batches] == [["first"]]
+
+
+def test_invalid_settings_are_refused():
+    with pytest.raises(ValueError, match="max_queue"):
+        DynamicBatcher(Recorder(), max_queue=0)
