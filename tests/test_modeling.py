@@ -1,0 +1,146 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from desta_audio.audio import WINDOW_SAMPLES
+from desta_audio.modeling import ADAPTER_PREFIX, CheckpointError, read_config
+from tests.conftest import tone
+from tests.tiny import tiny_model
+
+
+def ask(content, *audios, text=None):
+    return [{"role": "user", "content": content, "audios": [{"audio": a, "text": text} for a in audios]}]
+
+
+def test_batched_greedy_equals_batch_of_one(tiny):
+    conversations = [
+        ask("<|AUDIO|>\nwhat did the speaker say", tone(1.0), text="hello world"),
+        ask("compare <|AUDIO|> with <|AUDIO|>", tone(3.5, 220), tone(0.4, 880), text="yes"),
+        [{"role": "user", "content": "describe the sound in one sentence"}],  # text only
+        ask("<|AUDIO|>", tone(31.0, 330), text="the quick brown fox"),
+    ]
+    batched = tiny.chat(conversations, max_new_tokens=12)
+    single = [tiny.chat([c], max_new_tokens=12)[0] for c in conversations]
+    for b, s in zip(batched, single):
+        assert b.token_ids == s.token_ids
+    assert len({tuple(r.token_ids) for r in batched}) > 1  # the audio actually changes the answers
+
+
+def test_inference_is_deterministic_despite_dropout(tiny):
+    tiny.train()  # chat() must switch to eval mode itself
+    conversation = ask("<|AUDIO|> describe", tone(2.0), text="hello")
+    first = tiny.chat([conversation], max_new_tokens=8)[0].token_ids
+    assert tiny.chat([conversation], max_new_tokens=8)[0].token_ids == first
+    assert not tiny.training
+
+
+@pytest.mark.parametrize("seconds,windows", [(2.0, 1), (31.0, 2), (95.0, 4)])
+def test_long_audio_gets_tokens_for_every_window(tiny, seconds, windows):
+    batch, tokens, _ = tiny.build_batch([ask("<|AUDIO|>", tone(seconds), text="x")])
+    assert tokens.shape[0] == windows * tiny.config.prompt_size
+    assert int(batch.audio_mask.sum()) == windows * tiny.config.prompt_size
+
+
+def test_later_windows_change_the_tokens(tiny):
+    audio = tone(40.0, 220)
+    altered = audio.copy()
+    altered[WINDOW_SAMPLES:] = tone(10.0, 1500)
+    a = tiny.build_batch([ask("<|AUDIO|>", audio, text="x")])[1]
+    b = tiny.build_batch([ask("<|AUDIO|>", altered, text="x")])[1]
+    size = tiny.config.prompt_size
+    torch.testing.assert_close(a[:size], b[:size])
+    assert not torch.allclose(a[size:], b[size:])
+
+
+def test_caller_transcript_wins_and_no_asr_gives_blank(tiny):
+    reply = tiny.chat([ask("<|AUDIO|>", tone(1.0), text="my own words")], max_new_tokens=2)[0]
+    assert reply.transcripts == ["my own words"]
+    reply = tiny.chat([ask("<|AUDIO|>", tone(1.0))], max_new_tokens=2)[0]
+    assert reply.transcripts == [" "]
+
+
+def test_chat_rejects_a_bare_conversation(tiny):
+    with pytest.raises(TypeError, match="list of conversations"):
+        tiny.chat(ask("<|AUDIO|>", tone(1.0)))
+
+
+def test_training_loss_reaches_the_connector_only(tiny):
+    conversation = ask("<|AUDIO|> what", tone(1.0), text="hi") + [{"role": "assistant", "content": "yes"}]
+    tiny.train()
+    batch, tokens, _ = tiny.build_batch([conversation], for_training=True)
+    loss = tiny.forward(batch, tokens).loss
+    loss.backward()
+    tiny.eval()
+    grads = {n for n, p in tiny.named_parameters() if p.grad is not None}
+    tiny.zero_grad(set_to_none=True)
+    assert grads and all(n.startswith(ADAPTER_PREFIX) for n in grads)
+    assert torch.isfinite(loss)
+
+
+def _official_layout_checkpoint(model, directory):
+    """Write a checkpoint the way the release does: its config fields + perception.connector.* keys."""
+    directory.mkdir()
+    state = {k: torch.randn_like(v) for k, v in model.adapter_state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    config = {"model_type": "desta25", "llm_model_id": "tiny-llm", "encoder_model_id": "tiny-whisper",
+              "connector_mode": "qformer_1", "qformer_num_hidden_layers": 2, "prompt_size": 8, "use_lora": False,
+              "audio_locator": "<|AUDIO|>", "placeholder_token": "<|reserved_special_token_87|>",
+              "llm_config": {"hidden_size": 48}, "encoder_config": {"d_model": 32},
+              "qformer_intermediate_size": 64, "transformers_version": "4.49.0"}
+    (directory / "config.json").write_text(json.dumps(config))
+    return state
+
+
+def test_official_checkpoint_loads_strictly_and_round_trips(tmp_path):
+    model = tiny_model()
+    state = _official_layout_checkpoint(model, tmp_path / "official")
+    config = read_config(tmp_path / "official")
+    assert config.qformer_num_hidden_layers == 2 and config.prompt_size == 8
+    model.load_adapter_state_dict(load_file(str(tmp_path / "official" / "model.safetensors")))
+    for name, tensor in model.adapter_state_dict().items():
+        torch.testing.assert_close(tensor, state[name])
+    conversation = ask("<|AUDIO|> what", tone(2.0), text="hello")
+    before = model.chat([conversation], max_new_tokens=6)[0].token_ids
+    reloaded_tokens = model.build_batch([conversation])[1]
+
+    model.save_pretrained(tmp_path / "ours")
+    saved = load_file(str(tmp_path / "ours" / "model.safetensors"))
+    assert set(saved) == set(state) and all(k.startswith(ADAPTER_PREFIX) for k in saved)
+    fresh = tiny_model()  # same backbones, adapter scrambled before loading
+    with torch.no_grad():
+        for parameter in fresh.adapter_state_dict().values():
+            parameter.normal_()
+    fresh.load_adapter_state_dict(saved)
+    assert fresh.chat([conversation], max_new_tokens=6)[0].token_ids == before
+    torch.testing.assert_close(fresh.build_batch([conversation])[1], reloaded_tokens)
+    assert read_config(tmp_path / "ours").prompt_size == 8
+
+
+def test_strict_loading_names_what_is_wrong(tiny):
+    state = {k: v.clone() for k, v in tiny.adapter_state_dict().items()}
+    missing = dict(state)
+    missing.pop(ADAPTER_PREFIX + "layer_weights")
+    with pytest.raises(CheckpointError, match="missing .*layer_weights"):
+        tiny.load_adapter_state_dict(missing)
+    extra = dict(state, **{ADAPTER_PREFIX + "qformer.layer.5.output.dense.bias": torch.zeros(32)})
+    with pytest.raises(CheckpointError, match="unexpected .*layer.5"):
+        tiny.load_adapter_state_dict(extra)
+    wrong = dict(state, **{ADAPTER_PREFIX + "layer_weights": torch.zeros(64, 4)})
+    with pytest.raises(CheckpointError, match="shape mismatch .*layer_weights"):
+        tiny.load_adapter_state_dict(wrong)
+
+
+def test_reading_a_non_desta_config_fails(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(CheckpointError, match="not a DeSTA model"):
+        read_config(tmp_path)
+
+
+def test_audio_array_errors_surface_clearly(tiny):
+    from desta_audio.audio import AudioError
+
+    with pytest.raises(AudioError, match="NaN"):
+        tiny.chat([ask("<|AUDIO|>", np.full(1600, np.nan, np.float32), text="x")])
