@@ -1,0 +1,39 @@
+"""The API over a real (tiny, random-weight) DeSTAModel: batched answers equal one-at-a-time answers."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import httpx
+import openai
+
+from desta_audio.serve.api import ServeSettings, create_app
+from tests.serve.helpers import audio_part, running_server, tone_wav
+
+MODEL = "desta-tiny-random"
+QUESTIONS = ["what did the speaker say", "describe the sound", "is the speaker happy", "hello world"]
+
+
+def request(i: int) -> list[dict]:
+    content = [audio_part(tone_wav(0.3 + 0.2 * (i % 3), 200.0 + 50 * i), transcript="hello world" if i % 2 else None),
+               {"type": "text", "text": QUESTIONS[i % len(QUESTIONS)]}]
+    return [{"role": "user", "content": content if i % 4 else QUESTIONS[i % len(QUESTIONS)]}]
+
+
+def test_concurrent_batched_answers_equal_sequential_ones(tiny):
+    settings = ServeSettings(model_id=MODEL, max_batch_size=16, batch_window_ms=30)
+    with running_server(create_app(tiny, settings)) as url:
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+        def ask(i: int) -> str:
+            reply = api.chat.completions.create(model=MODEL, messages=request(i), temperature=0, max_tokens=6)
+            return reply.choices[0].message.content
+
+        sequential = [ask(i) for i in range(8)]
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            concurrent_answers = list(pool.map(ask, [i % 8 for i in range(16)]))
+        metrics = httpx.get(f"{url}/metrics").text
+    assert concurrent_answers == sequential * 2
+    assert any(sequential)  # random weights still produce some tokens
+    count = float(next(line.split()[-1] for line in metrics.splitlines() if line.startswith("desta_batch_size_count")))
+    assert count < 8 + 16  # some of the 16 concurrent requests shared a batch
