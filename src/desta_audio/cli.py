@@ -19,7 +19,9 @@ def main() -> None:
 
 def _register_subcommands() -> None:
     # One line per stage; each module exposes a typer app or commands.
-    from desta_audio import cli_models  # noqa: F401  (models list/prepare, ask, chat)
+    from desta_audio import cli_ask
+
+    cli_ask.register(app)  # ask, chat
     from desta_audio.serve.cli import demo_app, serve_app
 
     app.add_typer(serve_app, name="serve")

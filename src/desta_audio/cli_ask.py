@@ -1,0 +1,180 @@
+"""`desta ask` (one question about one or more clips) and `desta chat` (an interactive multi-turn session)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from desta_audio.audio import DEFAULT_MAX_SECONDS
+
+DEFAULT_MODEL = "desta-mini"
+
+_model_option = typer.Option(DEFAULT_MODEL, "--model", "-m",
+                             help="Preset (`desta models list`), adapter folder, or hub id.")
+_system_option = typer.Option(None, "--system", help="System prompt (default: the model's, "
+                              "'Focus on the audio clips and instructions.').")
+_max_tokens_option = typer.Option(512, "--max-new-tokens", help="Longest answer, in tokens.")
+_sample_option = typer.Option(False, "--sample/--greedy", help="Sample (the release's temperature 0.7, top-p 0.9) "
+                              "instead of greedy decoding.")
+_temperature_option = typer.Option(0.7, "--temperature", help="Sampling temperature (with --sample).")
+_top_p_option = typer.Option(0.9, "--top-p", help="Nucleus sampling mass (with --sample).")
+_seed_option = typer.Option(None, "--seed", help="Random seed for sampling.")
+_asr_option = typer.Option(True, "--asr/--no-asr", help="Transcribe speech with Whisper (VAD first).")
+_device_option = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available).")
+_dtype_option = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: bf16 on GPU, fp32 "
+                             "on CPU).")
+_max_seconds_option = typer.Option(DEFAULT_MAX_SECONDS, "--max-audio-seconds", help="Refuse longer clips.")
+
+
+def _load(model: str, asr: bool, device: Optional[str], dtype: Optional[str]) -> Any:
+    from desta_audio.modeling import DeSTAModel
+
+    with _status(f"Loading {model}"):
+        return DeSTAModel.from_pretrained(model, asr=asr, device=device, dtype=dtype)
+
+
+def _status(message: str):
+    from rich.console import Console
+
+    return Console(stderr=True).status(message)
+
+
+def _generation(max_new_tokens: int, sample: bool, temperature: float, top_p: float, seed: Optional[int]) -> dict:
+    return {"max_new_tokens": max_new_tokens, "do_sample": sample, "temperature": temperature, "top_p": top_p,
+            "seed": seed}
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(2)
+
+
+def ask(
+    inputs: list[str] = typer.Argument(..., metavar="AUDIO... QUESTION",
+                                       help="One or more audio files, then the question."),
+    model: str = _model_option,
+    system: Optional[str] = _system_option,
+    transcript: Optional[list[str]] = typer.Option(None, "--transcript", help="Use this transcript instead of ASR "
+                                                   "(once per audio, in order)."),
+    max_new_tokens: int = _max_tokens_option,
+    sample: bool = _sample_option,
+    temperature: float = _temperature_option,
+    top_p: float = _top_p_option,
+    seed: Optional[int] = _seed_option,
+    asr: bool = _asr_option,
+    as_json: bool = typer.Option(False, "--json", help="Print answer, transcripts and timings as JSON."),
+    device: Optional[str] = _device_option,
+    dtype: Optional[str] = _dtype_option,
+    max_audio_seconds: float = _max_seconds_option,
+) -> None:
+    """Ask a question about one or more audio clips and print the answer."""
+    from desta_audio.audio import AudioError, load_audio
+    from desta_audio.processing import ConversationError
+
+    if len(inputs) < 2:
+        _fail("give at least one audio file and a question, e.g. desta ask clip.wav \"What is said?\"")
+    paths, question = inputs[:-1], inputs[-1]
+    if transcript and len(transcript) != len(paths):
+        _fail(f"{len(transcript)} --transcript value(s) for {len(paths)} audio file(s)")
+    texts = list(transcript) if transcript else [None] * len(paths)
+    try:  # check every input before spending time on loading the model
+        audios = [load_audio(p, max_seconds=max_audio_seconds) for p in paths]
+    except AudioError as error:
+        _fail(str(error))
+    started = time.perf_counter()
+    desta = _load(model, asr, device, dtype)
+    load_seconds = time.perf_counter() - started
+    content = question if "<|AUDIO|>" in question else "<|AUDIO|>" * len(paths) + "\n" + question
+    conversation = [{"role": "user", "content": content,
+                     "audios": [{"audio": a, "text": t} for a, t in zip(audios, texts)]}]
+    if system is not None:
+        conversation.insert(0, {"role": "system", "content": system})
+    try:
+        reply = desta.chat([conversation], **_generation(max_new_tokens, sample, temperature, top_p, seed))[0]
+    except (AudioError, ConversationError) as error:
+        _fail(str(error))
+    if as_json:
+        payload = {"answer": reply.text, "transcripts": reply.transcripts, "audios": paths, "model": model,
+                   "timings": {"model_load_s": round(load_seconds, 3),
+                               **{k: round(v, 3) for k, v in reply.timings.items()}},
+                   "generated_tokens": len(reply.token_ids)}
+        typer.echo(json.dumps(payload, ensure_ascii=False, indent=2))
+    else:
+        typer.echo(reply.text)
+
+
+CHAT_HELP = """Commands: /audio PATH [PATH...] attaches clips to your next message; /system TEXT sets the system
+prompt; /reset starts over; /quit (or Ctrl-D) leaves. Anything else is your message."""
+
+
+def chat(
+    model: str = _model_option,
+    system: Optional[str] = _system_option,
+    max_new_tokens: int = _max_tokens_option,
+    sample: bool = _sample_option,
+    temperature: float = _temperature_option,
+    top_p: float = _top_p_option,
+    seed: Optional[int] = _seed_option,
+    asr: bool = _asr_option,
+    device: Optional[str] = _device_option,
+    dtype: Optional[str] = _dtype_option,
+    max_audio_seconds: float = _max_seconds_option,
+) -> None:
+    """Talk with the model; attach audio files between turns."""
+    from desta_audio.audio import AudioError, load_audio
+
+    desta = _load(model, asr, device, dtype)
+    generation = _generation(max_new_tokens, sample, temperature, top_p, seed)
+    history: list[dict] = []
+    pending: list[dict] = []
+    typer.echo(CHAT_HELP, err=True)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            continue
+        command, _, rest = line.partition(" ")
+        if command == "/quit":
+            break
+        if command == "/reset":
+            history, pending = [], []
+            typer.echo("(conversation cleared)", err=True)
+            continue
+        if command == "/system":
+            system = rest.strip() or None
+            continue
+        if command == "/audio":
+            for path in rest.split():
+                try:
+                    pending.append({"audio": load_audio(path, max_seconds=max_audio_seconds), "text": None,
+                                    "path": path})
+                    typer.echo(f"(attached {Path(path).name})", err=True)
+                except AudioError as error:
+                    typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+            continue
+        message = {"role": "user", "content": "<|AUDIO|>" * len(pending) + ("\n" if pending else "") + line,
+                   "audios": pending}
+        conversation = ([{"role": "system", "content": system}] if system else []) + history + [message]
+        reply = desta.chat([conversation], **generation)[0]
+        # Remember the transcripts so later turns do not transcribe the same clip again.
+        for audio, text in zip(pending, reply.transcripts):
+            audio["text"] = text
+            typer.echo(f"(transcript of {Path(audio['path']).name}: {text.strip() or '-'})", err=True)
+        history += [message, {"role": "assistant", "content": reply.text}]
+        pending = []
+        typer.echo(f"desta> {reply.text}")
+        sys.stdout.flush()
+
+
+def register(app: typer.Typer) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app.command("ask")(ask)
+    app.command("chat")(chat)
