@@ -379,9 +379,11 @@ class DeSTAModel(nn.Module):
         top_p: float = 0.9,
         seed: int | None = None,
         streamer: Any = None,
+        **generate_kwargs: Any,
     ) -> list[ChatReply]:
         """Answer a batch of conversations (each a list of messages; see `processing`). Greedy by default; the
-        release's sampling settings are temperature 0.7, top_p 0.9."""
+        release's sampling settings are temperature 0.7, top_p 0.9. Extra keyword arguments go to the LLM's
+        `generate()` (e.g. `min_new_tokens`, `repetition_penalty`)."""
         if isinstance(conversations, dict) or (conversations and isinstance(conversations[0], dict)):
             raise TypeError("chat() takes a list of conversations; wrap a single conversation in a list")
         if not conversations:
@@ -400,7 +402,7 @@ class DeSTAModel(nn.Module):
             max_new_tokens=max_new_tokens,
             streamer=streamer,
             **sampling,
-            **self.generation_defaults(),
+            **{**self.generation_defaults(), **generate_kwargs},
         )
         timings["generate_s"] = time.perf_counter() - clock
         stops = end_of_turn_ids(self.tokenizer) | {self.pad_id}
