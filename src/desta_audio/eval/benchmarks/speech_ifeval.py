@@ -1,0 +1,223 @@
+"""Speech-IFEval (Lu et al., 2025): instruction following with audio input, and forgetting against the backbone.
+
+Files (one folder): `closed_ended_questions.jsonl`, `creative_writing.jsonl`, `chain-of-thought.jsonl` and
+`closed_ended_questions-woprompt.jsonl` (task accuracy), fields `audio_filepath, textual_audio, instruction,
+dataset, metric, instruction_id_list, kwargs, id, label, key`.
+
+- closed-ended / creative writing: the modified IFEval checkers (`ifeval`, variant "speech_ifeval"), strict mode;
+- chain-of-thought: judge "Result: YES|NO" on whether the reply reasons beyond a direct answer; an unreadable
+  verdict counts as NO and is reported (the official script crashes on it);
+- IFrate = mean of the three rates; forgetting delta = (IFrate - IFrate_ref) / IFrate_ref x 100 with the text-only
+  backbone, given `textual_audio`, as reference;
+- task accuracy (`-woprompt`): judge YES/NO for metric "accuracy"; for "wer" the judge extracts the transcript and
+  corpus WER is computed after Whisper's basic normalisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from desta_audio.eval.benchmarks._common import percent, response_of
+from desta_audio.eval.ifeval import SPEECH_IFEVAL, check_instruction
+from desta_audio.eval.loading import load_rows, to_audio_ref
+from desta_audio.eval.records import AUDIO_TAG, EvalItem, audio_message, text_message
+from desta_audio.eval.textnorm import basic_normalize
+
+logger = logging.getLogger(__name__)
+
+NAME = "speech_ifeval"
+SCORER_VERSION = "speech-ifeval-1"
+SUBSETS = {
+    "closed_ended_questions": "closed_ended_questions.jsonl",
+    "creative_writing": "creative_writing.jsonl",
+    "chain-of-thought": "chain-of-thought.jsonl",
+    "closed_ended_questions-woprompt": "closed_ended_questions-woprompt.jsonl",
+}
+IF_SUBSETS = ("closed_ended_questions", "creative_writing", "chain-of-thought")
+SYSTEM_PROMPT = "Focus on the audio clips and instructions."
+REFERENCE_SYSTEM_PROMPT = "Follow the given instructions."
+GENERATION = {"max_new_tokens": 2048, "do_sample": False}
+REFERENCE_GENERATION = {"max_new_tokens": 2048, "do_sample": False}
+JUDGE_MODEL = "gpt-4o-2024-11-20"
+JUDGE_PARAMS: dict[str, Any] = {}  # the official script sends the endpoint defaults
+BACKBONE_REFERENCE = {"Llama-3.1-8B-Instruct (text)": 93.52}
+PUBLISHED = {  # IFrate
+    "DeSTA2.5-Audio": {"ifrate": 93.89},
+    "DeSTA2": {"ifrate": 89.23},
+    "Qwen2-Audio-Instruct": {"ifrate": 47.11},
+    "SALMONN": {"ifrate": 36.89},
+    "LTU-AS": {"ifrate": 29.19},
+}
+
+COT_SYSTEM = (
+    "You will see a user input and a model's response to it. Decide whether the response shows reasoning: breaking "
+    "the problem down, explaining intermediate steps, or giving an analysis.\n"
+    "Follow these rules strictly:\n"
+    "- Output \"YES\" if the response does anything beyond directly answering the user input.\n"
+    "- Output \"NO\" only if the response is a minimal or purely factual reply.\n"
+    "- End your answer with \"Result: <YES or NO>\"."
+)
+ACCURACY_SYSTEM = (
+    "You will see a question, its correct answer and a model's response to the question. Decide whether the "
+    "model's response agrees with the ground-truth answer, given the question.\n"
+    "Follow these rules strictly:\n"
+    "- End your answer with \"Result: <YES or NO>\".\n"
+    "- Output \"YES\" if the response agrees with the ground-truth answer and \"NO\" if it does not."
+)
+TRANSCRIPT_SYSTEM = (
+    "You will see the reply of a speech recognition model. Extract from it the **substring** that is the "
+    "transcript itself, removing any introduction, explanation or extra phrase. The substring is scored with WER, "
+    "so it must be **exactly the same** text as in the reply, with no change at all.\n"
+    "Follow these rules strictly:\n"
+    "- Copy the substring **exactly**; do not correct, translate or reformat it.\n"
+    "- Leave out every extra phrase, explanation or introduction.\n"
+    "- Output the substring and nothing else."
+)
+RESULT_PATTERN = re.compile(r"(?i)(?<=result:\s)(yes|no)")
+
+
+def _resolve_audio(value: str, folder: Path, audio_dir: Path | None):
+    if audio_dir is not None:
+        return to_audio_ref(value, audio_dir)
+    for base in (folder, folder.parent, folder.parent.parent):
+        if (base / value).exists():
+            return to_audio_ref(value, base)
+    return to_audio_ref(value, folder)
+
+
+def load(path: str | Path, *, subsets: list[str] | None = None, audio_dir: str | Path | None = None,
+         limit: int | None = None, **_: Any) -> tuple[list[EvalItem], dict[str, Any]]:
+    path = Path(path)
+    if path.is_file():
+        files = {path.stem: path}
+    else:
+        files = {name: path / file for name, file in SUBSETS.items() if (path / file).exists()}
+        if not files:
+            raise FileNotFoundError(f"{path}: none of {', '.join(SUBSETS.values())} found")
+    if subsets:
+        files = {name: file for name, file in files.items() if name in subsets}
+    items, counts = [], {}
+    for subset, file in files.items():
+        rows = load_rows(file)
+        rows = rows[:limit] if limit else rows
+        counts[subset] = len(rows)
+        for row in rows:
+            audio = _resolve_audio(row["audio_filepath"], file.parent, Path(audio_dir) if audio_dir else None)
+            instruction = row["instruction"]
+            items.append(EvalItem(
+                id=f"{subset}/{row['id']}",
+                conversation=audio_message(SYSTEM_PROMPT, f"{AUDIO_TAG}\n\n{instruction}", [audio]),
+                text_conversation=text_message(
+                    REFERENCE_SYSTEM_PROMPT, f"Speech Input: {row['textual_audio']}\n\n{instruction}"),
+                reference={"subset": subset, "instruction": instruction, "dataset": row.get("dataset"),
+                           "metric": row.get("metric"), "instruction_id_list": row.get("instruction_id_list") or [],
+                           "kwargs": row.get("kwargs") or [], "label": row.get("label")},
+            ))
+    return items, {"data_version": "Speech-IFEval", "subsets": counts, "items": len(items)}
+
+
+def parse_result(text: str | None) -> str | None:
+    match = RESULT_PATTERN.search(text or "")
+    return match.group(0).lower() if match else None
+
+
+def normalize_transcript(text: str) -> str:
+    return basic_normalize(text.replace("<", "").replace(">", "")).strip()
+
+
+def _rule_rate(rows: list[dict[str, Any]], paragraph_split: str) -> tuple[float | None, dict[str, Any], dict]:
+    per_instruction: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    followed, per_item = 0, {}
+    for row in rows:
+        response = response_of(row) or ""
+        flags = [check_instruction(iid, response, kw, variant=SPEECH_IFEVAL, paragraph_split=paragraph_split)
+                 for iid, kw in zip(row["instruction_id_list"], row["kwargs"])]
+        ok = bool(flags) and all(flags)
+        followed += ok
+        per_item[str(row["id"])] = ok
+        for iid, flag in zip(row["instruction_id_list"], flags):
+            per_instruction[iid][0] += flag
+            per_instruction[iid][1] += 1
+    breakdown = {iid: percent(c, t) for iid, (c, t) in sorted(per_instruction.items())}
+    return percent(followed, len(rows)), breakdown, per_item
+
+
+def _judge_yes(judge: Any, system: str, content: str) -> str | None:
+    return parse_result(judge.judge([{"role": "system", "content": system}, {"role": "user", "content": content}],
+                                    **JUDGE_PARAMS))
+
+
+def score(rows: list[dict[str, Any]], judge: Any = None, *, reference_ifrate: float | None = None,
+          paragraph_split: str = "newline", **_: Any) -> dict[str, Any]:
+    by_subset: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_subset[row["subset"]].append(row)
+    result: dict[str, Any] = {"benchmark": NAME, "scorer_version": SCORER_VERSION, "rates": {},
+                              "paragraph_split": paragraph_split, "per_item": {}}
+    for subset in ("closed_ended_questions", "creative_writing"):
+        if by_subset.get(subset):
+            rate, breakdown, per_item = _rule_rate(by_subset[subset], paragraph_split)
+            result["rates"][subset] = rate
+            result[f"{subset}_by_instruction"] = breakdown
+            result["per_item"].update(per_item)
+    failures = 0
+    if by_subset.get("chain-of-thought"):
+        if judge is None:
+            logger.warning("chain-of-thought needs a judge (--judge); IFrate is left out")
+        else:
+            yes = 0
+            for row in by_subset["chain-of-thought"]:
+                verdict = _judge_yes(judge, COT_SYSTEM,
+                                     f"User input: {row['instruction']}\nModel's Response: {response_of(row) or ''}")
+                failures += verdict is None
+                yes += verdict == "yes"
+                result["per_item"][str(row["id"])] = verdict == "yes"
+            result["rates"]["chain-of-thought"] = percent(yes, len(by_subset["chain-of-thought"]))
+    if all(result["rates"].get(s) is not None for s in IF_SUBSETS):
+        ifrate = sum(result["rates"][s] for s in IF_SUBSETS) / len(IF_SUBSETS)
+        result["ifrate"] = ifrate
+        if reference_ifrate:
+            result["reference_ifrate"] = reference_ifrate
+            result["forgetting_delta"] = (ifrate - reference_ifrate) / reference_ifrate * 100
+    if by_subset.get("closed_ended_questions-woprompt") and judge is not None:
+        result["task_accuracy"], wer_failures = _task_accuracy(by_subset["closed_ended_questions-woprompt"], judge)
+        failures += wer_failures
+    result["judge"] = getattr(judge, "name", None)
+    result["judge_parse_failures"] = failures
+    return result
+
+
+def _task_accuracy(rows: list[dict[str, Any]], judge: Any) -> tuple[dict[str, Any], int]:
+    import jiwer
+
+    groups: dict[str, list[int]] = defaultdict(list)
+    hyps, refs, failures = [], [], 0
+    for row in rows:
+        response = response_of(row) or ""
+        if row.get("metric") == "wer":
+            extracted = judge.judge([{"role": "system", "content": TRANSCRIPT_SYSTEM},
+                                     {"role": "user", "content": f"Question: {row['instruction']}\n"
+                                                                 f"Model's Response: {response}"}], **JUDGE_PARAMS)
+            hyps.append(normalize_transcript(extracted))
+            refs.append(normalize_transcript(str(row.get("label") or "")))
+        else:
+            verdict = _judge_yes(judge, ACCURACY_SYSTEM, f"Question: {row['instruction']}\nGround Truth Answer: "
+                                                         f"{row.get('label')}\nModel's Response: {response}")
+            failures += verdict is None
+            groups[str(row.get("dataset"))].append(int(verdict == "yes"))
+    out: dict[str, Any] = {d: percent(sum(v), len(v)) for d, v in sorted(groups.items())}
+    if refs:
+        out["ASR_WER"] = 100 * jiwer.wer(refs, hyps)
+    return out, failures
+
+
+def headline(result: dict[str, Any]) -> dict[str, float | None]:
+    out = {"ifrate": result.get("ifrate")}
+    out.update(result["rates"])
+    if "forgetting_delta" in result:
+        out["forgetting_delta"] = result["forgetting_delta"]
+    return out

@@ -1,0 +1,155 @@
+import pytest
+
+from desta_audio.eval.benchmarks import dynamic_superb, voicebench
+from desta_audio.eval.judge import FakeJudge
+from desta_audio.eval.records import AUDIO_TAG
+
+from tests.eval.helpers import wav_bytes
+
+
+def _hf_folder(path, columns, audio_columns=("audio",), split="test"):
+    import datasets
+
+    features = {name: datasets.Audio(sampling_rate=16_000) if name in audio_columns else None for name in columns}
+    table = datasets.Dataset.from_dict(columns)
+    for name in audio_columns:
+        table = table.cast_column(name, datasets.Audio(sampling_rate=16_000, decode=False))
+    datasets.DatasetDict({split: table}).save_to_disk(str(path))
+    return path
+
+
+def _audio(n, base=300):
+    return [{"bytes": wav_bytes(base + 50 * i), "path": f"clip{i}.wav"} for i in range(n)]
+
+
+def test_dynamic_superb_hf_folders_dimensions_and_matchers(tmp_path):
+    root = tmp_path / "dsb"
+    _hf_folder(root / "SpeechDetection_LJSpeech", {
+        "file": ["a", "b"], "audio": _audio(2), "label": ["yes", "no"],
+        "instruction": ["Is there speech? Answer yes or no."] * 2})
+    _hf_folder(root / "SpeakerVerification_VCTK", {
+        "file": ["c"], "audio": _audio(1), "audio2": _audio(1, 900), "label": ["same speaker"],
+        "instruction": ["Same speaker or different speaker?"]}, audio_columns=("audio", "audio2"))
+    _hf_folder(root / "BirdSoundDetection_Warblrb10k", {
+        "file": ["d"], "audio": _audio(1), "label": ["yes"], "instruction": ["Any bird? yes or no"]})
+    items, info = dynamic_superb.load(root)
+    assert info["instances"] == {"BirdSoundDetection_Warblrb10k": 1, "SpeakerVerification_VCTK": 1,
+                                 "SpeechDetection_LJSpeech": 2}
+    pair = next(i for i in items if i.reference["instance"] == "SpeakerVerification_VCTK")
+    assert pair.conversation[1]["content"] == f"{AUDIO_TAG} {AUDIO_TAG} Same speaker or different speaker?"
+    assert len(pair.conversation[1]["audios"]) == 2 and pair.conversation[1]["audios"][1]["audio"].data
+    responses = {"SpeechDetection_LJSpeech/a": "Yes, there is speech.",   # consecutive match
+                 "SpeechDetection_LJSpeech/b": "I hear someone talking",  # wrong
+                 "SpeakerVerification_VCTK/c": "They are the Same-Speaker.",  # normalised -> "same speaker"
+                 "BirdSoundDetection_Warblrb10k/d": "no"}
+    rows = [dict(id=i.id, response=responses[i.id], **i.reference) for i in items]
+    result = dynamic_superb.score(rows)
+    assert result["instances"]["SpeechDetection_LJSpeech"] == 50.0
+    assert result["dimensions"] == {"Content": 50.0, "Speaker": 100.0, "Audio": 0.0}
+    assert result["overall"] == pytest.approx(50.0)  # mean over instances (50, 100, 0)
+    assert result["overall_without_audio"] == pytest.approx(75.0)
+    judged = dynamic_superb.score(rows, FakeJudge(default="Result: YES"), matcher="judge")
+    assert judged["overall"] == 100.0 and judged["matcher"] == "judge"
+    unreadable = dynamic_superb.score(rows, FakeJudge(default="maybe"), matcher="judge")
+    assert unreadable["judge_parse_failures"] == 4 and unreadable["overall"] == 0.0
+
+
+def test_dynamic_superb_task_names_map_to_dimensions():
+    assert dynamic_superb.dimension_of("NoiseDetectionGaussian_VCTKMusan") == "Degradation"
+    assert dynamic_superb.dimension_of("SpeechTextMatching_LJSpeech") == "Content"
+    assert dynamic_superb.dimension_of("EnvironmentalSoundClassification_ESC50-Animals") == "Audio"
+    assert dynamic_superb.dimension_of("Unknown_Task") == "Other"
+
+
+def _vb_rows(subset, entries):
+    return [{"id": f"{subset}_{i}", "subset": subset, **entry} for i, entry in enumerate(entries)]
+
+
+@pytest.mark.parametrize("response, letter", [
+    ("The answer is B.", "B"), ("b) photosynthesis", "B"), ("I would choose option c", "C"),
+    ("**D.** because", "D"), ("<1>a", "A"), ("I am not sure", None), ("", None),
+])
+def test_mcq_extractor(response, letter):
+    assert voicebench.extract_choice(response) == letter
+
+
+def test_mcq_scoring_with_seeded_fallback():
+    rows = _vb_rows("openbookqa", [{"response": "The answer is A.", "reference": "A"},
+                                   {"response": "The answer is C.", "reference": "B"},
+                                   {"response": "no idea", "reference": "D"},
+                                   {"response": "", "reference": "A"}])
+    first = voicebench.score(rows, seed=3)
+    assert first["fail_rate"] == 50.0
+    assert first == voicebench.score(rows, seed=3)  # seeded: reproducible
+    import random
+    rng = random.Random(3)
+    fallback = [rng.choice("ABCD"), rng.choice("ABCD")]
+    assert first["score"] == 25.0 + 25.0 * (fallback[0] == "D") + 25.0 * (fallback[1] == "A")
+
+
+def test_advbench_refusals_and_empty_response():
+    rows = _vb_rows("advbench", [{"response": "I'm sorry, I can't help."}, {"response": "   "},
+                                 {"response": "Step 1: get a knife"}, {"response": "That would be illegal."}])
+    assert voicebench.score(rows)["score"] == 75.0
+
+
+def test_open_ended_judge_three_samples_times_twenty():
+    verdicts = iter(["4", "5", "Rating: [[3]]", "2", "oops", "4"])
+    judge = FakeJudge(rules=[lambda m, p: next(verdicts)])
+    rows = _vb_rows("commoneval", [{"response": "Paris.", "prompt": "Capital of France?"},
+                                   {"response": "It is blue.", "prompt": "Sky colour?"}])
+    result = voicebench.score(rows, judge)
+    assert result["gpt_score"] == pytest.approx((4 + 5 + 3 + 2 + 4) / 5)
+    assert result["score"] == pytest.approx(20 * 18 / 5)
+    assert result["judge_parse_failures"] == 1
+    assert {k: v for k, v in judge.calls[0][1].items() if k != "_sample"} == voicebench.JUDGE_PARAMS
+    assert "### [Instruction]: Capital of France?" in judge.calls[0][0][1]["content"]
+
+
+def test_sdqa_majority_vote_without_pedant():
+    votes = iter(["Yes", "No", "yes", "No", "No", "Yes"])
+    rows = _vb_rows("sd-qa", [{"response": "Paris", "prompt": "capital?", "reference": "Paris"},
+                              {"response": "Rome", "prompt": "capital?", "reference": "Paris"}])
+    result = voicebench.score(rows, FakeJudge(rules=[lambda m, p: next(votes)]), use_pedant=False)
+    assert result["gpt"] == 50.0 and result["pedant"] is None and "judge half only" in result["note"]
+
+
+def test_ifeval_four_accuracies():
+    rows = _vb_rows("ifeval", [
+        {"prompt": "Write in lowercase with no commas.", "response": "Sure:\nall lowercase here",
+         "instruction_id_list": ["change_case:english_lowercase", "punctuation:no_comma"],
+         "kwargs": [{"capital_frequency": None}, {}]},
+        {"prompt": "End with 'Bye.'", "response": "Hello there. Bye.",
+         "instruction_id_list": ["startend:end_checker"], "kwargs": [{"end_phrase": "Bye."}]},
+    ])
+    result = voicebench.score(rows)
+    # strict: item 1 fails lowercase ("Sure:") but has no comma; item 2 follows.
+    assert result["strict-prompt"] == 50.0 and result["strict-instruction"] == pytest.approx(200 / 3)
+    # loose: dropping the first line makes item 1 lowercase
+    assert result["loose-prompt"] == 100.0 and result["loose-instruction"] == 100.0
+
+
+def test_bbh_reference_mapping_and_quirk():
+    rows = _vb_rows("bbh", [{"id": "hyperbaton_1", "response": "The answer is (b).", "reference": "(b)"},
+                            {"id": "hyperbaton_2", "response": "b", "reference": "(b)"},  # upstream maps to (a)
+                            {"id": "navigate_1", "response": "No, you do not return.", "reference": "No"},
+                            {"id": "sports_understanding_1", "response": "This is implausible.",
+                             "reference": "no"}])
+    for row in rows:
+        row["source_id"] = row["id"]
+    result = voicebench.score(rows)
+    assert result["score"] == 75.0 and result["fail_rate"] == 0.0
+
+
+def test_voicebench_load_hf_folder(tmp_path):
+    path = _hf_folder(tmp_path / "commoneval", {"audio": _audio(2), "prompt": ["hi", "bye"],
+                                                "id": ["c0", "c1"], "reference": [None, None]})
+    items, info = voicebench.load(path)
+    assert info["subset"] == "commoneval" and [i.id for i in items] == ["c0", "c1"]
+    assert items[0].conversation == [
+        {"role": "system", "content": voicebench.SYSTEM_PROMPT},
+        {"role": "user", "content": AUDIO_TAG, "audios": [{"audio": items[0].conversation[1]["audios"][0]["audio"],
+                                                          "text": None}]}]
+    assert items[0].conversation[1]["audios"][0]["audio"].load().shape == (4800,)
+    with pytest.raises(ValueError, match="unknown"):
+        voicebench.load(path, subset="nope")
