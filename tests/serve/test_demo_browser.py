@@ -1,0 +1,94 @@
+"""The web demo in a real headless Chromium: upload clips, ask, read the answer and transcripts, follow up."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from desta_audio.audio import load_audio
+from tests.serve.helpers import FakeReply, free_port, tone_wav
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)")
+
+
+def artifacts_dir() -> Path:
+    folder = Path(os.environ.get("DESTA_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts" / "tests"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+class ClipCounter:
+    """Answers with what reached it: the number of turns, the clips' lengths, the question."""
+
+    def __init__(self) -> None:
+        self.conversations: list[list[dict]] = []
+
+    def __call__(self, conversation: list[dict]) -> FakeReply:
+        self.conversations.append(conversation)
+        clips = [audio["audio"] for message in conversation for audio in message.get("audios", [])]
+        seconds = [round(load_audio(clip).size / 16_000, 2) for clip in clips]
+        question = conversation[-1]["content"].split("\n")[-1]
+        turns = sum(message["role"] == "user" for message in conversation)
+        return FakeReply(f"Turn {turns}: {len(clips)} clips of {seconds} s; you asked '{question}'.",
+                         [f"words of clip {i + 1}" for i in range(len(clips))])
+
+
+@pytest.fixture
+def browser():
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def launch(answer) -> tuple[object, str]:
+    from desta_audio.serve.demo import build_demo, theme
+
+    demo = build_demo(answer)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, theme=theme())
+    return demo, f"http://127.0.0.1:{port}/"
+
+
+def ask_in_page(page, question: str, clips: list[Path], expected: str) -> None:
+    from playwright.sync_api import expect
+
+    if clips:
+        page.locator("#clips input[type=file]").set_input_files([str(c) for c in clips])
+        # uploaded files are listed with their sizes once the upload finished
+        for clip in clips:
+            expect(page.locator("#clips")).to_contain_text(clip.stem, timeout=30_000)
+        expect(page.locator("#clips")).to_contain_text("KB", timeout=30_000)
+    page.locator("#question textarea").fill(question)
+    page.locator("#ask").click()
+    page.locator("#conversation").get_by_text(expected).wait_for(timeout=60_000)
+
+
+def test_upload_ask_and_follow_up(browser, tmp_path):
+    one, two = tmp_path / "one.wav", tmp_path / "two.wav"
+    one.write_bytes(tone_wav(1.0))
+    two.write_bytes(tone_wav(0.5, 300.0))
+    answer = ClipCounter()
+    demo, url = launch(answer)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url, wait_until="domcontentloaded")
+        expected = "Turn 1: 2 clips of [1.0, 0.5] s; you asked 'Which clip is longer?'."
+        ask_in_page(page, "Which clip is longer?", [one, two], expected)
+        transcripts = page.locator("#transcripts").inner_text()
+        assert "one.wav" in transcripts and "words of clip 2" in transcripts
+
+        follow_up = "Turn 2: 2 clips of [1.0, 0.5] s; you asked 'And the pitch?'."
+        ask_in_page(page, "And the pitch?", [], follow_up)
+        page.screenshot(path=str(artifacts_dir() / "demo-fake-model.png"), full_page=True)
+        assert page.locator("#conversation").get_by_text(expected).count() == 1  # history stays on the page
+        assert [m["role"] for m in answer.conversations[-1]] == ["user", "assistant", "user"]
+    finally:
+        demo.close()
