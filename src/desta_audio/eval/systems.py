@@ -1,0 +1,151 @@
+"""Systems the harness can evaluate, all behind the `chat(conversations, **generation)` API of DeSTAModel.
+
+- a DeSTA model (any preset, folder or hub id): `load_desta`;
+- the text-only backbone (`TextBackbone`): the same frozen LLM reading the benchmark's text version of the audio
+  (Speech-IFEval's `textual_audio`, the retention check's seed descriptions);
+- a cascade (`Cascade`): Whisper transcribes every clip, the text LLM answers with the transcript in place of
+  each `<|AUDIO|>`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from desta_audio.eval.records import AUDIO_TAG
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TextReply:
+    text: str
+    transcripts: list[str] = field(default_factory=list)
+
+
+def load_desta(reference: str, **overrides: Any):
+    from desta_audio.modeling import DeSTAModel
+
+    model = DeSTAModel.from_pretrained(reference, **overrides)
+    model.eval_reference = reference  # recorded in manifests
+    return model
+
+
+def describe_system(system: Any) -> dict[str, Any]:
+    if hasattr(system, "describe"):
+        return system.describe()
+    config = getattr(system, "config", None)
+    return {"kind": type(system).__name__, "reference": getattr(system, "eval_reference", None),
+            "config": config.to_dict() if hasattr(config, "to_dict") else None}
+
+
+class TextBackbone:
+    """A chat LLM answering text-only conversations (audio messages must have been turned into text)."""
+
+    uses_text_audio = True
+
+    def __init__(self, llm: Any, tokenizer: Any, name: str = "text-backbone"):
+        self.llm, self.tokenizer, self.name = llm, tokenizer, name
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> TextBackbone:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        return cls(AutoModelForCausalLM.from_pretrained(str(path)).eval(), tokenizer, name=str(path))
+
+    @classmethod
+    def from_desta(cls, model: Any) -> TextBackbone:
+        """The backbone inside a DeSTA model: frozen, so it is exactly the text-only reference."""
+        return cls(model.llm, model.tokenizer, name=f"backbone-of:{getattr(model, 'eval_reference', 'desta')}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "text-backbone", "llm": self.name}
+
+    def chat(self, conversations: list[list[dict[str, Any]]], *, max_new_tokens: int = 512, do_sample: bool = False,
+             temperature: float = 0.7, top_p: float = 0.9, **_: Any) -> list[TextReply]:
+        import torch
+
+        for conversation in conversations:
+            if any(m.get("audios") for m in conversation):
+                raise ValueError("a text-only backbone got a conversation with audio; use the benchmark's text "
+                                 "version of the item (EvalItem.text_conversation)")
+        prompts = [self.tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in c],
+                                                      add_generation_prompt=True, tokenize=False)
+                   for c in conversations]
+        side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "left"  # generation continues from the right edge
+        try:
+            batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            self.tokenizer.padding_side = side
+        device = next(self.llm.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
+            "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        with torch.no_grad():
+            output = self.llm.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **sampling)
+        new = output[:, batch["input_ids"].shape[1]:]
+        return [TextReply(self.tokenizer.decode(row, skip_special_tokens=True).strip()) for row in new]
+
+
+class WhisperASR:
+    """Greedy Whisper transcription from a local HF folder (language detected, no timestamps)."""
+
+    def __init__(self, path: str | Path):
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        self.processor = WhisperProcessor.from_pretrained(str(path))
+        self.model = WhisperForConditionalGeneration.from_pretrained(str(path)).eval()
+        self.name = str(path)
+
+    def __call__(self, audio: np.ndarray) -> str:
+        import torch
+
+        features = self.processor(audio, sampling_rate=16_000, return_tensors="pt").input_features
+        with torch.no_grad():
+            ids = self.model.generate(features.to(self.model.dtype), max_new_tokens=128, task="transcribe")
+        return self.processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
+
+
+class Cascade:
+    """ASR -> text LLM baseline: each `<|AUDIO|>` is replaced by the transcript of its clip."""
+
+    def __init__(self, transcribe: Callable[[np.ndarray], str], backbone: TextBackbone, asr_name: str = "asr"):
+        self.transcribe, self.backbone, self.asr_name = transcribe, backbone, asr_name
+
+    @classmethod
+    def from_packaged(cls, whisper: str = "whisper-base", llm: str = "qwen2.5-0.5b-instruct") -> Cascade:
+        from desta_audio import zoo
+
+        asr = WhisperASR(zoo.resolve_component(whisper))
+        return cls(asr, TextBackbone.from_path(zoo.resolve_component(llm)), asr_name=whisper)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "cascade", "asr": self.asr_name, "llm": self.backbone.name}
+
+    def _as_text(self, conversation: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+        from desta_audio.audio import load_audio
+
+        messages, transcripts = [], []
+        for message in conversation:
+            content = message["content"]
+            for entry in message.get("audios") or []:
+                text = entry.get("text") or self.transcribe(load_audio(entry["audio"]))
+                transcripts.append(text)
+                content = content.replace(AUDIO_TAG, text, 1)
+            messages.append({"role": message["role"], "content": content})
+        return messages, transcripts
+
+    def chat(self, conversations: list[list[dict[str, Any]]], **generation: Any) -> list[TextReply]:
+        converted = [self._as_text(c) for c in conversations]
+        replies = self.backbone.chat([messages for messages, _ in converted], **generation)
+        for reply, (_, transcripts) in zip(replies, converted):
+            reply.transcripts = transcripts
+        return replies
