@@ -16,11 +16,15 @@ logger = logging.getLogger(__name__)
 _MODEL_HELP = "preset name (desta-tiny, desta-mini), local model folder or hub id"
 
 
-def _load_model(reference: str):
+_DEVICE_HELP = "cpu or cuda (default: cuda when available)"
+_DTYPE_HELP = "float32, bfloat16 or float16 (default: bfloat16 on GPU, float32 on CPU)"
+
+
+def _load_model(reference: str, device: Optional[str] = None, dtype: Optional[str] = None):
     from desta_audio.modeling import DeSTAModel
 
     logger.info("loading %s", reference)
-    return DeSTAModel.from_pretrained(reference)
+    return DeSTAModel.from_pretrained(reference, device=device, dtype=dtype)
 
 
 @serve_app.callback(invoke_without_command=True)
@@ -28,6 +32,8 @@ def serve(
     model: Annotated[str, typer.Option(help=_MODEL_HELP)] = "desta-tiny",
     host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 exposes it to the network)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    device: Annotated[Optional[str], typer.Option(help=_DEVICE_HELP)] = None,
+    dtype: Annotated[Optional[str], typer.Option(help=_DTYPE_HELP)] = None,
     served_name: Annotated[Optional[str], typer.Option(help="model id clients send (default: --model)")] = None,
     api_key: Annotated[
         Optional[str], typer.Option(envvar="DESTA_API_KEY", help="require 'Authorization: Bearer KEY' (env DESTA_API_KEY)")
@@ -67,7 +73,7 @@ def serve(
         allowed_audio_dir=allowed_audio_dir,
         allow_audio_urls=allow_audio_urls,
     )
-    app = create_app(_load_model(model), settings)
+    app = create_app(_load_model(model, device, dtype), settings)
     if demo:
         _mount_demo(app)
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), timeout_graceful_shutdown=5)
@@ -94,11 +100,13 @@ def run_demo(
     model: Annotated[str, typer.Option(help=_MODEL_HELP)] = "desta-tiny",
     host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 exposes it to the network)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 7860,
+    device: Annotated[Optional[str], typer.Option(help=_DEVICE_HELP)] = None,
+    dtype: Annotated[Optional[str], typer.Option(help=_DTYPE_HELP)] = None,
     max_new_tokens: Annotated[int, typer.Option(help="longest answer, in tokens")] = 256,
 ) -> None:
     """Start the web demo on its own (greedy answers)."""
     from desta_audio.serve.demo import build_demo, model_answer_function, theme
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    answer = model_answer_function(_load_model(model), max_new_tokens=max_new_tokens)
+    answer = model_answer_function(_load_model(model, device, dtype), max_new_tokens=max_new_tokens)
     build_demo(answer).launch(server_name=host, server_port=port, share=False, theme=theme(), footer_links=[])

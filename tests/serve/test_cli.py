@@ -1,0 +1,32 @@
+"""`desta serve` / `desta demo` option wiring (model loading and the server loop replaced by fakes)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from desta_audio.cli import _register_subcommands, app
+from tests.serve.helpers import FakeModel
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    import uvicorn
+
+    seen: dict = {}
+    monkeypatch.setattr("desta_audio.serve.cli._load_model", lambda ref, device=None, dtype=None: FakeModel())
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(app=app, **kwargs))
+    _register_subcommands()
+    return seen
+
+
+def test_serve_options_reach_the_app(captured):
+    result = CliRunner().invoke(app, ["serve", "--model", "desta-tiny", "--port", "8123", "--api-key", "k",
+                                      "--max-batch", "4", "--max-queue", "9", "--max-request-mb", "2",
+                                      "--cors-origin", "http://a.example", "--demo"])
+    assert result.exit_code == 0, result.output
+    settings = captured["app"].state.settings
+    assert (captured["host"], captured["port"]) == ("127.0.0.1", 8123)
+    assert (settings.model_id, settings.api_key, settings.max_batch_size, settings.max_queue) == ("desta-tiny", "k", 4, 9)
+    assert settings.max_request_bytes == 2 * 1024 * 1024 and settings.cors_origins == ["http://a.example"]
+    assert any(getattr(route, "path", "") == "/demo" for route in captured["app"].routes)
