@@ -36,7 +36,7 @@ def test_report_markdown_json_and_chart(tmp_path):
     outputs = write_report(tmp_path, label="desta-tiny")
     text = outputs["markdown"].read_text()
     assert "| total | 50.00 |" in text and "| **desta-tiny** | - | 60.00 | - | 50.00 |" in text
-    assert "| DeSTA2.5-Audio | 71.17 | 70.57 | 56.29 | 66.00 |" in text
+    assert "| DeSTA2.5-Audio | 56.29 | 70.57 | 71.17 | 66.00 |" in text
     assert "scored_text: raw response" in text
     summary = json.loads(outputs["json"].read_text())["summary"]
     assert summary["voicebench"]["overall"] == 80.0
