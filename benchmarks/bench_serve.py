@@ -1,0 +1,158 @@
+"""Serving throughput: requests/s and p50/p95 latency at several client concurrencies, in one run.
+
+    python benchmarks/bench_serve.py                           # desta-tiny, 1 (sequential) / 4 / 16 clients
+    python benchmarks/bench_serve.py --model desta-mini --max-tokens 32 --concurrency 1 4 16
+
+Starts `desta serve` as a subprocess on a free loopback port (so the clients do not share its interpreter), sends
+the same mix of requests (a spoken clip + a question, greedy, `max_tokens` answer; every fourth request text-only)
+with the official openai client from N threads, and prints a markdown table. Concurrency 1 is the sequential
+client: one request after another, each waiting for the previous answer; the speedup column is against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import concurrent.futures
+import io
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SENTENCES = [
+    "The weather is sunny and warm today.",
+    "Please remember to buy milk and bread on your way home.",
+    "The train to Berlin leaves at seven thirty from platform four.",
+    "I think the concert was wonderful, especially the piano solo.",
+]
+QUESTIONS = ["What did the speaker say?", "Is the speaker male or female?", "Summarise the clip in a few words.",
+             "What is the topic of the clip?"]
+
+
+def make_clips(folder: Path) -> list[bytes]:
+    """Spoken sentences from espeak-ng when available, else tones (the server runs ASR on both)."""
+    import numpy as np
+    import soundfile as sf
+
+    clips = []
+    for index, sentence in enumerate(SENTENCES):
+        path = folder / f"clip{index}.wav"
+        if shutil.which("espeak-ng"):
+            subprocess.run(["espeak-ng", "-s", "150", "-w", str(path), sentence], check=True, capture_output=True)
+            clips.append(path.read_bytes())
+        else:
+            t = np.arange(16_000 * 2) / 16_000
+            buffer = io.BytesIO()
+            sf.write(buffer, (0.3 * np.sin(2 * np.pi * (220 + 110 * index) * t)).astype("float32"), 16_000, format="WAV")
+            clips.append(buffer.getvalue())
+    return clips
+
+
+def request(i: int, clips: list[bytes]) -> list[dict]:
+    question = QUESTIONS[i % len(QUESTIONS)]
+    if i % 4 == 3:
+        return [{"role": "user", "content": f"In one sentence: {question.lower()} Answer about item {i}."}]
+    audio = {"type": "input_audio", "input_audio": {"data": base64.b64encode(clips[i % len(clips)]).decode(), "format": "wav"}}
+    return [{"role": "user", "content": [audio, {"type": "text", "text": question}]}]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model: str, port: int, max_batch: int, log: Path) -> subprocess.Popen:
+    command = [sys.executable, "-c", "from desta_audio.cli import main; main()", "serve", "--model", model,
+               "--port", str(port), "--max-batch", str(max_batch), "--max-queue", "256", "--log-level", "warning"]
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, server: subprocess.Popen, log: Path, timeout_s: float = 900) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited ({server.returncode}); its log:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"the server was not ready after {timeout_s:.0f} s; see {log}")
+
+
+def run_level(client, model: str, clips: list[bytes], concurrency: int, requests: int, max_tokens: int) -> dict:
+    def one(i: int) -> float:
+        started = time.perf_counter()
+        client.chat.completions.create(model=model, messages=request(i, clips), temperature=0, max_tokens=max_tokens)
+        return time.perf_counter() - started
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        latencies = list(pool.map(one, range(requests)))
+    wall = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return {
+        "clients": concurrency,
+        "requests": requests,
+        "rps": requests / wall,
+        "p50": statistics.median(ordered),
+        "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="desta-tiny")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level (at least 2x clients)")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--url", default=None, help="use an already running server instead of starting one")
+    args = parser.parse_args()
+
+    import openai
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        clips = make_clips(folder)
+        server = None
+        url = args.url
+        if url is None:
+            url = f"http://127.0.0.1:{free_port()}"
+            log = folder / "server.log"
+            server = start_server(args.model, int(url.rsplit(":", 1)[1]), args.max_batch, log)
+            wait_ready(url, server, log)
+        try:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key=os.environ.get("DESTA_API_KEY", "unused"),
+                                   max_retries=0, timeout=600)
+            run_level(client, args.model, clips, 1, 2, args.max_tokens)  # warm-up: first-call allocations
+            rows = [run_level(client, args.model, clips, c, max(args.requests, 2 * c), args.max_tokens)
+                    for c in args.concurrency]
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=60)
+
+    baseline = next((row["rps"] for row in rows if row["clients"] == 1), rows[0]["rps"])
+    print(f"\nmodel {args.model}, {args.max_tokens} new tokens (greedy), max batch {args.max_batch}, "
+          f"{os.cpu_count()} CPU cores\n")
+    print("| clients | requests | requests/s | p50 latency (s) | p95 latency (s) | vs sequential |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        label = f"{row['clients']} (sequential)" if row["clients"] == 1 else str(row["clients"])
+        print(f"| {label} | {row['requests']} | {row['rps']:.2f} | {row['p50']:.2f} | {row['p95']:.2f} | "
+              f"{row['rps'] / baseline:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
