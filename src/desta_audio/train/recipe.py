@@ -1,0 +1,526 @@
+"""The training recipe: setup -> fit -> validate -> save, single process or under `torchrun` (DDP).
+
+Loss: cross-entropy on the assistant turns' tokens plus their end-of-turn token, summed over every token of the
+optimizer step (all micro-batches, all processes) and divided by the step's total count. The gradient is then
+the same as one process seeing the whole global batch, whatever the split, so runs compare exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from desta_audio.processing import IGNORE_INDEX
+from desta_audio.train.checkpoint import latest_checkpoint, load_adapter, load_checkpoint, save_adapter, save_checkpoint
+from desta_audio.train.config import TrainConfig, dump_config
+from desta_audio.train.features import (
+    FeatureCache,
+    audio_key,
+    encode_taps,
+    fill_cache,
+    open_cache,
+    transcripts_for,
+)
+from desta_audio.train.metrics import MetricsWriter, plot_loss_curve
+from desta_audio.train.records import TrainRecord, audio_seconds, held_out, read_records
+from desta_audio.train.sampler import DurationBatchSampler
+
+log = logging.getLogger(__name__)
+
+# Architectures whose logits are exactly lm_head(final hidden state): the loss then needs logits only at the
+# labelled positions (a fraction of the sequence), which saves most of the lm_head time and memory.
+_PLAIN_HEAD_TYPES = {"llama", "qwen2", "qwen3", "mistral", "phi3"}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite losses or gradients, inconsistent data), with what to do."""
+
+
+# ----- model setup -----
+
+
+def build_model(config: TrainConfig, device: torch.device) -> Any:
+    """The DeSTA model with the recipe's LoRA settings; trainable weights in float32."""
+    overrides = dict(config.model.overrides)
+    if config.lora.enabled:
+        overrides.update(use_lora=True, lora_rank=config.lora.rank, lora_alpha=config.lora.alpha,
+                         lora_dropout=config.lora.dropout, lora_target_modules=list(config.lora.targets))
+    if config.model.factory:
+        module_name, _, function = config.model.factory.partition(":")
+        if not function:
+            raise ValueError(f"model.factory {config.model.factory!r}: expected 'package.module:function'")
+        model = getattr(importlib.import_module(module_name), function)(**config.model.factory_kwargs, **overrides)
+    else:
+        from desta_audio.modeling import DeSTAModel
+
+        dtype = config.model.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+        model = DeSTAModel.from_pretrained(config.model.base, dtype=dtype, device=str(device), asr=config.model.asr,
+                                           **overrides)
+    model.to(device)
+    if config.model.init_adapter:
+        load_adapter(model, config.model.init_adapter)
+    return model
+
+
+def configure_trainable(model: nn.Module, config: TrainConfig) -> list[str]:
+    """Encoder LoRA/unfreezing, then the default (adapter + LoRA), then the freeze regexes. Returns the names."""
+    encoder = model.perception.whisper.model.encoder
+    if config.encoder.mode == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        inject_adapter_in_model(LoraConfig(r=config.encoder.lora_rank, lora_alpha=config.encoder.lora_alpha,
+                                           lora_dropout=config.encoder.lora_dropout,
+                                           target_modules=list(config.encoder.lora_targets)), encoder)
+    model.freeze_backbones()
+    trainable = [re.compile(p) for p in config.freeze.trainable]
+    if config.encoder.mode == "full":
+        trainable.append(re.compile(r"^perception\.whisper\.model\.encoder\."))
+    frozen = [re.compile(p) for p in config.freeze.frozen]
+    for name, parameter in model.named_parameters():
+        if any(p.search(name) for p in trainable):
+            parameter.requires_grad = True
+        if any(p.search(name) for p in frozen):
+            parameter.requires_grad = False
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    if not names:
+        raise TrainingError("no parameter is trainable: check freeze.frozen / freeze.trainable")
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()  # master weights in fp32; bf16 happens in autocast
+    return names
+
+
+# ----- audio and loss -----
+
+
+class AudioFeatures:
+    """Tapped encoder states and transcripts for records' audios: from the cache where present, else encoded."""
+
+    def __init__(self, model: Any, cache: FeatureCache | None, *, encoder_trainable: bool) -> None:
+        self.model = model
+        self.cache = cache
+        self.encoder_trainable = encoder_trainable
+        self._keys: dict[tuple[str, str | None], str] = {}
+
+    def key(self, item: Any) -> str:
+        ident = (item.path, item.text)
+        if ident not in self._keys:
+            self._keys[ident] = audio_key(item.path, item.text)
+        return self._keys[ident]
+
+    def __call__(self, records: Sequence[TrainRecord]) -> tuple[torch.Tensor, list[int], list[str]]:
+        """-> (taps (windows, taps, frames, d) in audio order, windows per audio, transcripts)."""
+        from desta_audio.audio import load_audio, split_windows
+
+        items = [item for record in records for item in record.audios]
+        device = self.model.device
+        parts: list[torch.Tensor | None] = [None] * len(items)
+        transcripts: list[str | None] = [None] * len(items)
+        raw: list[int] = []
+        for i, item in enumerate(items):
+            if self.cache is not None and self.key(item) in self.cache:
+                cached = self.cache.get(self.key(item))
+                parts[i] = torch.from_numpy(np.array(cached.taps, dtype=np.float32)).to(device)  # copy: memmaps are read-only
+                transcripts[i] = cached.transcript
+            else:
+                raw.append(i)
+        if raw:
+            arrays = [load_audio(items[i].path) for i in raw]
+            windows = [split_windows(a) for a in arrays]
+            taps, final, features = encode_taps(self.model, [w for ws in windows for w in ws],
+                                                grad=self.encoder_trainable and torch.is_grad_enabled())
+            with torch.no_grad():
+                texts = transcripts_for(self.model, [items[i] for i in raw], arrays, [len(w) for w in windows],
+                                        features, final.detach())
+            cursor = 0
+            for i, per_audio, text in zip(raw, windows, texts):
+                parts[i] = taps[cursor:cursor + len(per_audio)]
+                transcripts[i] = text
+                cursor += len(per_audio)
+        return torch.cat(parts), [len(p) for p in parts], transcripts  # type: ignore[arg-type, misc]
+
+
+def token_loss(model: Any, batch: Any, audio_tokens: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over labelled tokens, and their count."""
+    device = model.device
+    embeds = model.embed(batch, audio_tokens)
+    attention_mask = batch.attention_mask.to(device)
+    targets = batch.labels.to(device)[:, 1:]
+    labelled = targets != IGNORE_INDEX
+    llm = model.llm
+    if llm.config.model_type in _PLAIN_HEAD_TYPES:
+        hidden = llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        logits = llm.get_output_embeddings()(hidden[:, :-1][labelled])
+    else:
+        logits = llm(inputs_embeds=embeds, attention_mask=attention_mask).logits[:, :-1][labelled]
+    return F.cross_entropy(logits.float(), targets[labelled], reduction="sum"), int(labelled.sum())
+
+
+class LossModule(nn.Module):
+    """One micro-batch -> (loss sum, labelled tokens). The unit DDP wraps, so gradients sync in its backward."""
+
+    def __init__(self, model: Any, features: AudioFeatures, splits: dict[str, list[TrainRecord]]) -> None:
+        super().__init__()
+        self.model = model
+        self.features = features
+        self.splits = splits
+
+    def forward(self, split: str, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        records = [self.splits[split][i] for i in indices]
+        taps, windows, transcripts = self.features(records)
+        tokens = self.model.connector(list(taps.unbind(1)))  # (windows, prompt_size, llm_hidden)
+        prepared, cursor = [], 0
+        for count, text in zip(windows, transcripts):
+            prepared.append(self.model.prepared_audio(tokens[cursor:cursor + count], text))
+            cursor += count
+        batch, audio_tokens, _ = self.model.build_batch([r.messages for r in records], for_training=True,
+                                                        prepared=prepared)
+        loss, count = token_loss(self.model, batch, audio_tokens)
+        return loss, torch.tensor(count, dtype=torch.float64)
+
+
+# ----- distributed -----
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def sum(self, values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64)
+        if self.enabled:
+            backend = torch.distributed.get_backend()
+            device = torch.device("cuda", self.local_rank) if backend == "nccl" else torch.device("cpu")
+            tensor = tensor.to(device)
+            torch.distributed.all_reduce(tensor)
+        return tensor.cpu().tolist()
+
+
+def init_distributed(backend: str) -> tuple[Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not torch.distributed.is_initialized():
+        chosen = backend if backend != "auto" else ("nccl" if cuda else "gloo")
+        torch.distributed.init_process_group(chosen)
+    return Dist(rank, world, local_rank), device
+
+
+# ----- the trainer -----
+
+
+@dataclass
+class StepLog:
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float
+    samples: int
+
+
+@dataclass
+class TrainResult:
+    steps: list[StepLog] = field(default_factory=list)
+    validation: list[dict[str, float]] = field(default_factory=list)
+    output_dir: Path | None = None
+    final_adapter: Path | None = None
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, *, model: Any = None) -> None:
+        self.config = config
+        self.model = model
+        self.output_dir = Path(config.run.output_dir)
+        self.step = 0
+
+    # ----- setup -----
+
+    def setup(self) -> "Trainer":
+        config = self.config
+        self.dist, self.device = init_distributed(config.distributed.backend)
+        if config.distributed.strategy == "fsdp":
+            raise TrainingError("distributed.strategy=fsdp is not implemented yet; use ddp (the adapter is small and "
+                                "the frozen backbone fits each GPU up to ~8B parameters in bf16)")
+        torch.manual_seed(config.run.seed + self.dist.rank)
+        np.random.seed(config.run.seed + self.dist.rank)
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                         if self.device.type == "cuda" and config.run.precision != "fp32"
+                         else contextlib.nullcontext())
+        if self.model is None:
+            self.model = build_model(config, self.device)
+        self.model.to(self.device)
+        self.trainable_names = configure_trainable(self.model, config)
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        log.info("trainable: %d tensors, %.2fM parameters", len(self.parameters),
+                 sum(p.numel() for p in self.parameters) / 1e6)
+
+        self._load_data()
+        cache = self._prepare_cache() if config.cache.enabled else None
+        self.features = AudioFeatures(self.model, cache, encoder_trainable=config.encoder.mode != "frozen")
+        self.loss_module = LossModule(self.model, self.features, {"train": self.train_records,
+                                                                   "validation": self.val_records})
+        self.wrapped: nn.Module = self.loss_module
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.wrapped = DistributedDataParallel(
+                self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False)
+
+        self.sampler = self._sampler(self.train_records, shuffle=config.batching.shuffle)
+        per_epoch = max(1, len(self.sampler.batches(0)) // config.optim.grad_accum)
+        self.total_steps = config.run.max_steps or max(1, math.ceil(config.run.epochs * per_epoch))
+        from transformers import get_cosine_schedule_with_warmup
+
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.optim.lr, betas=tuple(config.optim.betas),
+                                           eps=config.optim.eps, weight_decay=config.optim.weight_decay)
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, config.optim.warmup_steps, self.total_steps)
+        self._resume()
+        if self.dist.rank == 0:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "train_config.yaml").write_text(dump_config(config), encoding="utf-8")
+            self.metrics = MetricsWriter(self.output_dir, resume_step=self.step if self.step else None,
+                                         tensorboard=config.run.tensorboard)
+        return self
+
+    def _load_data(self) -> None:
+        data = self.config.data
+        records = read_records(data.train, audio_root=data.audio_root, max_records=data.max_records)
+        if data.validation:
+            val = read_records(data.validation, audio_root=data.audio_root)
+        else:
+            val = [r for r in records if held_out(r.key, data.val_fraction)]
+            records = [r for r in records if not held_out(r.key, data.val_fraction)]
+        self.train_records, self.val_records = records, val[: self.config.validation.max_samples]
+        if not self.train_records:
+            raise TrainingError(f"{data.train}: no training records (after holding out {data.val_fraction:.0%})")
+        log.info("%d training records, %d validation records", len(self.train_records), len(self.val_records))
+
+    def _prepare_cache(self) -> FeatureCache:
+        config = self.config.cache
+        cache = open_cache(self.model, self.config.cache_dir, dtype=config.dtype, max_gb=config.max_gb,
+                           shard_windows=config.shard_windows)
+        if self.dist.rank == 0:  # one writer; the others wait, then read the finished index
+            items = [a for r in self.train_records + self.val_records for a in r.audios]
+            fill_cache(self.model, cache, items, progress=self.config.run.progress)
+        self.dist.barrier()
+        if self.dist.rank != 0:
+            cache = open_cache(self.model, self.config.cache_dir, dtype=config.dtype, max_gb=config.max_gb,
+                               shard_windows=config.shard_windows)
+        log.info("feature cache: %d audios, %.1f MB (%.2f MB per window)", len(cache), cache.size_bytes / 1e6,
+                 cache.bytes_per_window / 1e6)
+        return cache
+
+    def _lengths(self, records: list[TrainRecord]) -> tuple[list[float], list[int]]:
+        """Audio seconds and exact token count per record (transcripts from the record; ASR ones count as 0)."""
+        from desta_audio.audio import WINDOW_SECONDS
+
+        model = self.model
+        durations, tokens = [], []
+        for record in records:
+            seconds = [audio_seconds(a.path) for a in record.audios]
+            windows = [max(1, math.ceil(s / WINDOW_SECONDS)) for s in seconds]
+            transcripts = [model.tokenizer.encode(a.text or "", add_special_tokens=False)
+                           [: model.config.max_transcript_tokens * w] for a, w in zip(record.audios, windows)]
+            encoded = model.conversations.encode(record.messages, [w * model.config.prompt_size for w in windows],
+                                                 transcripts, for_training=True)
+            durations.append(sum(seconds))
+            tokens.append(len(encoded.input_ids))
+        return durations, tokens
+
+    def _sampler(self, records: list[TrainRecord], *, shuffle: bool) -> DurationBatchSampler:
+        batching = self.config.batching
+        durations, tokens = self._lengths(records)
+        return DurationBatchSampler(durations, tokens, max_seconds=batching.max_audio_seconds,
+                                    max_tokens=batching.max_tokens, max_size=batching.max_size,
+                                    world_size=self.dist.world, bucket_pool=batching.bucket_pool, shuffle=shuffle,
+                                    seed=self.config.run.seed)
+
+    def _resume(self) -> None:
+        resume = self.config.run.resume
+        if resume == "never":
+            return
+        path = latest_checkpoint(self.output_dir / "checkpoints") if resume == "auto" else Path(resume)
+        if path is None:
+            return
+        state = load_checkpoint(path, model=self.model, rank=self.dist.rank)
+        if state["world_size"] != self.dist.world:
+            raise TrainingError(f"{path} was saved by {state['world_size']} processes; resume with as many")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = int(state["step"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # ----- fit -----
+
+    def fit(self) -> TrainResult:
+        from tqdm import tqdm
+
+        config = self.config
+        result = TrainResult(output_dir=self.output_dir)
+        batches = iter(self.sampler)
+        bad_steps = 0
+        started = time.perf_counter()
+        stop_at = self.total_steps
+        if config.run.stop_after_steps:
+            stop_at = min(stop_at, self.step + config.run.stop_after_steps)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
+                   disable=not config.run.progress or self.dist.rank != 0, dynamic_ncols=True)
+        while self.step < stop_at:
+            clock = time.perf_counter()
+            loss, grad_norm, samples, tokens, ok = self._train_step([next(batches)
+                                                                      for _ in range(config.optim.grad_accum)])
+            self.step += 1
+            seconds = time.perf_counter() - clock
+            lr = self.scheduler.get_last_lr()[0]
+            if ok:
+                bad_steps = 0
+            else:
+                bad_steps += 1
+                if bad_steps >= config.run.max_bad_steps:
+                    raise TrainingError(
+                        f"{bad_steps} steps in a row had a non-finite loss or gradient (last: step {self.step}); "
+                        "the weights were left untouched. Lower optim.lr, check the data, or use run.precision=fp32")
+            result.steps.append(StepLog(self.step, loss, lr, grad_norm, samples))
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples / seconds:.1f}")
+            if self.dist.rank == 0 and (self.step % config.run.log_every == 0 or self.step == stop_at or
+                                        self.step <= 1):
+                self.metrics.write({"step": self.step, "split": "train", "epoch": self.sampler.epoch, "loss": loss,
+                                    "lr": lr, "grad_norm": grad_norm, "samples": samples,
+                                    "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
+                                    "elapsed_s": time.perf_counter() - started})
+            last = self.step == self.total_steps
+            if self.val_records and ((config.run.val_every and self.step % config.run.val_every == 0) or last):
+                result.validation.append(self.validate())
+            if (config.run.save_every and self.step % config.run.save_every == 0) or self.step == stop_at:
+                self.save()
+        bar.close()
+        if self.step >= self.total_steps and self.dist.rank == 0:
+            result.final_adapter = save_adapter(self.model, self.output_dir / "final")
+            plot_loss_curve(self.metrics.csv_path, self.output_dir / "loss_curve.png")
+        self.dist.barrier()
+        return result
+
+    def _train_step(self, global_batches: list[list[int]]) -> tuple[float, float, int, float, bool]:
+        self.wrapped.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, count, samples = 0.0, 0.0, 0
+        for position, global_batch in enumerate(global_batches):
+            indices = self.sampler.shard(global_batch, self.dist.rank)
+            last = position == len(global_batches) - 1
+            sync = self.wrapped.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()
+            with sync:
+                with self.autocast:
+                    micro_loss, micro_count = self.wrapped("train", indices)
+                micro_loss.backward()
+            loss_sum += float(micro_loss.detach())
+            count += float(micro_count)
+            samples += len(global_batch)
+        loss_sum, count = self.dist.sum([loss_sum, count])
+        if count == 0:
+            raise TrainingError("a training step had no labelled tokens: every record needs an assistant target")
+        loss = loss_sum / count
+        # Each rank's gradient is of its own summed loss; DDP averaged them over ranks: rescale to the step's mean.
+        scale = self.dist.world / count
+        for parameter in self.parameters:
+            if parameter.grad is not None:
+                parameter.grad.mul_(scale)
+        clip = self.config.optim.grad_clip
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, clip if clip else float("inf")))
+        ok = math.isfinite(loss) and math.isfinite(grad_norm)
+        if ok:
+            self.optimizer.step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            log.error("step %d: non-finite %s (loss %s, gradient norm %s); skipped without touching the weights",
+                      self.step + 1, "loss" if not math.isfinite(loss) else "gradient", loss, grad_norm)
+        self.scheduler.step()
+        return loss, grad_norm, samples, count, ok
+
+    # ----- validation -----
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Loss on the held-out split (all processes) and greedy answers scored by consecutive-words accuracy."""
+        self.loss_module.eval()
+        sampler = self.__dict__.get("_val_sampler") or self._sampler(self.val_records, shuffle=False)
+        self._val_sampler = sampler
+        loss_sum, count = 0.0, 0.0
+        for global_batch in sampler.batches(0):
+            with self.autocast:
+                micro_loss, micro_count = self.loss_module("validation", sampler.shard(global_batch, self.dist.rank))
+            loss_sum += float(micro_loss)
+            count += float(micro_count)
+        loss_sum, count = self.dist.sum([loss_sum, count])
+        metrics = {"step": self.step, "loss": loss_sum / max(count, 1.0)}
+        if self.dist.rank == 0 and self.config.validation.generate_samples:
+            metrics["accuracy"] = self._generation_accuracy()
+        self.dist.barrier()
+        if self.dist.rank == 0:
+            self.metrics.write({"step": self.step, "split": "validation", "epoch": self.sampler.epoch, **metrics})
+            log.info("validation at step %d: loss %.4f%s", self.step, metrics["loss"],
+                     f", consecutive-words accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else "")
+        self.loss_module.train()
+        return metrics
+
+    def _generation_accuracy(self, batch_size: int = 8) -> float:
+        from desta_audio.eval.textnorm import consecutive_words_match
+
+        records = self.val_records[: self.config.validation.generate_samples]
+        correct = 0
+        for start in range(0, len(records), batch_size):
+            chunk = records[start:start + batch_size]
+            with self.autocast:
+                replies = self.model.chat([r.prompt_messages() for r in chunk], do_sample=False,
+                                          max_new_tokens=self.config.validation.max_new_tokens)
+            correct += sum(consecutive_words_match(r.target, reply.text) for r, reply in zip(chunk, replies))
+        return correct / max(len(records), 1)
+
+    # ----- checkpoints -----
+
+    def save(self) -> Path:
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "sampler": self.sampler.state_dict(), "step": self.step, "world_size": self.dist.world}
+        return save_checkpoint(self.output_dir / "checkpoints", self.step, model=self.model, trainer_state=state,
+                               rank=self.dist.rank, barrier=self.dist.barrier, keep=self.config.run.keep_checkpoints)
+
+    def close(self) -> None:
+        if self.dist.rank == 0 and hasattr(self, "metrics"):
+            self.metrics.close()
+
+
+def train(config: TrainConfig, *, model: Any = None) -> TrainResult:
+    trainer = Trainer(config, model=model).setup()
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()

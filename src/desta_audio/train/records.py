@@ -1,0 +1,133 @@
+"""Training records: the dataset format of SPEC section 5 read from JSONL files or folders of JSONL shards.
+
+A record is a chat whose user turns carry `<start_audio><|AUDIO|><end_audio>` with `audios=[{"audio": path,
+"text": transcript}]` and whose assistant turns are the targets. The same files load with
+`datasets.load_dataset("json", data_files=...)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from desta_audio.processing import ConversationError, audio_refs
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_DIR = "quarantine"  # rejected records of a `desta data` folder: never trained on
+
+
+class RecordError(ValueError):
+    """A training record that cannot be used, with its file and line."""
+
+
+@dataclass
+class AudioItem:
+    path: str  # absolute path of the audio file
+    text: str | None  # transcript from the record (None: transcribe, or blank without ASR)
+
+
+@dataclass
+class TrainRecord:
+    key: str
+    messages: list[dict[str, Any]]  # with each audio's "audio" resolved to an absolute path
+    audios: list[AudioItem]
+
+    @property
+    def target(self) -> str:
+        return self.messages[-1]["content"]
+
+    def prompt_messages(self) -> list[dict[str, Any]]:
+        """The chat without its final assistant turn (what generation answers)."""
+        return self.messages[:-1]
+
+
+def jsonl_files(source: str | Path) -> list[Path]:
+    source = Path(source)
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise RecordError(f"{source}: no such file or folder of JSONL records")
+    files = sorted(p for p in source.rglob("*.jsonl") if QUARANTINE_DIR not in p.relative_to(source).parts)
+    if not files:
+        raise RecordError(f"{source}: contains no .jsonl files")
+    return files
+
+
+def read_records(source: str | Path, *, audio_root: str | Path | None = None,
+                 max_records: int | None = None) -> list[TrainRecord]:
+    records: list[TrainRecord] = []
+    seen: set[str] = set()
+    for file in jsonl_files(source):
+        root = Path(audio_root) if audio_root else file.parent
+        with open(file, encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                where = f"{file}:{line_number}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise RecordError(f"{where}: not valid JSON ({error.msg})") from None
+                record = parse_record(row, root, where)
+                if record.key in seen:
+                    raise RecordError(f"{where}: duplicate record key {record.key!r}; keys must be unique")
+                seen.add(record.key)
+                records.append(record)
+                if max_records is not None and len(records) >= max_records:
+                    return records
+    return records
+
+
+def parse_record(row: dict[str, Any], audio_root: Path, where: str = "record") -> TrainRecord:
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RecordError(f"{where}: needs a non-empty 'messages' list (the training chat)")
+    if messages[-1].get("role") != "assistant" or not isinstance(messages[-1].get("content"), str):
+        raise RecordError(f"{where}: the last message must be the assistant's target, got role "
+                          f"{messages[-1].get('role')!r}")
+    resolved: list[dict[str, Any]] = []
+    audios: list[AudioItem] = []
+    for message in messages:
+        message = dict(message)
+        if message.get("audios"):
+            items = []
+            for audio in message["audios"]:
+                if not isinstance(audio, dict) or not isinstance(audio.get("audio"), str):
+                    raise RecordError(f"{where}: each audio must be {{'audio': path, 'text': transcript}}")
+                path = Path(audio["audio"]).expanduser()
+                path = path if path.is_absolute() else audio_root / path
+                items.append({"audio": str(path), "text": audio.get("text")})
+                audios.append(AudioItem(str(path), audio.get("text")))
+            message["audios"] = items
+        resolved.append(message)
+    try:
+        audio_refs(resolved)  # locator counts
+    except ConversationError as error:
+        raise RecordError(f"{where}: {error}") from None
+    key = row.get("key") or row.get("id")
+    if not key:
+        key = hashlib.sha1(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
+    return TrainRecord(str(key), resolved, audios)
+
+
+def held_out(key: str, fraction: float) -> bool:
+    """Deterministic split by key, stable when records are added or reordered."""
+    if fraction <= 0:
+        return False
+    bucket = int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return bucket < fraction
+
+
+def audio_seconds(path: str) -> float:
+    import soundfile as sf
+
+    try:
+        info = sf.info(path)
+    except Exception as error:
+        raise RecordError(f"{path}: cannot read audio header ({error}); check the record's audio path") from None
+    return info.frames / info.samplerate
