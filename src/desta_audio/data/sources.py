@@ -1,0 +1,271 @@
+"""Corpus adapters: turn a manifest (JSONL/CSV) or a Hugging Face `datasets` folder/parquet into `SourceItem`s.
+
+Audio is always referenced by path, never copied. Which metadata field becomes which description attribute is a
+per-source mapping (`SourceMapping`, loadable from YAML), so one corpus' `gender` column and another's `sex`
+column both end up as `Gender: ...` in the seed description.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger(__name__)
+
+AudioKind = Literal["speech", "sound", "music"]
+
+# Metadata columns that become attributes when a source has no explicit mapping (column -> attribute name).
+DEFAULT_ATTRIBUTES: dict[str, str] = {
+    "gender": "Gender",
+    "emotion": "Emotion",
+    "emotion_intensity": "Emotion intensity",
+    "sentiment": "Sentiment",
+    "pitch": "Pitch",
+    "volume": "Volume",
+    "speaking_speed": "Speaking speed",
+    "age": "Age",
+    "accent": "Accent",
+    "dialect": "Dialect",
+    "speaking_style": "Speaking style",
+    "language": "Language",
+    "noise_level": "Noise level",
+    "reverberation": "Reverberation",
+    "activation": "Activation",
+    "valence": "Valence",
+    "dominance": "Dominance",
+    "speaker": "Speaker",
+    "command": "Command",
+    "num_speakers": "Number of speakers",
+    "audio_category": "Audio category",
+    "label": "Audio category",
+    "genre": "Genre",
+    "instrument": "Instrument",
+    "family": "Family",
+    "source": "Source",
+    "midi_note": "MIDI Note",
+}
+
+
+class SourceMapping(BaseModel):
+    """How one corpus' metadata maps onto the description format (usually a small YAML file per source)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str | None = None
+    kind: AudioKind = "speech"
+    audio_column: str = "audio"
+    id_column: str | None = None
+    audio_root: str | None = None
+    transcript_column: str | None = "text"
+    caption_column: str | None = "caption"
+    duration_column: str | None = "duration"
+    segments_column: str | None = "segments"
+    kind_column: str | None = "kind"
+    # HF datasets often embed the audio bytes; they are written out here once (the only case audio is copied).
+    extract_audio_to: str | None = None
+    attributes: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ATTRIBUTES))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SourceMapping:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+            return cls.model_validate(raw)
+        except (OSError, yaml.YAMLError, ValueError) as err:
+            raise ValueError(f"source mapping {path}: {err}. See README 'Data' for the mapping keys.") from err
+
+
+@dataclass
+class Segment:
+    """A timestamped part of a clip (one speaker turn, one sound event)."""
+
+    start: float
+    end: float
+    text: str | None = None
+    speaker: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SourceItem:
+    """One clip with everything `describe` needs."""
+
+    id: str  # relative audio path (the released schema's `id`)
+    dataset: str
+    audio: str  # path to read the audio from
+    kind: AudioKind = "speech"
+    duration: float | None = None
+    transcript: str | None = None
+    caption: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+    segments: list[Segment] = field(default_factory=list)
+    seed_description: str | None = None  # precomputed (e.g. by `desta data describe`); wins over the metadata
+
+    def to_row(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "dataset": self.dataset,
+            "audio": self.audio,
+            "kind": self.kind,
+            "duration": self.duration,
+            "transcript": self.transcript,
+            "caption": self.caption,
+            "attributes": self.attributes,
+            "segments": [vars(s) for s in self.segments],
+            "seed_description": self.seed_description,
+        }
+
+
+def read_source(path: str | Path, mapping: SourceMapping | None = None) -> Iterator[SourceItem]:
+    """Items of a manifest (.jsonl/.json/.csv/.tsv), a parquet file, or a `datasets` folder, in file order."""
+    path = Path(path)
+    mapping = mapping or SourceMapping()
+    if not path.exists():
+        raise FileNotFoundError(f"source {path} does not exist")
+    dataset = mapping.dataset or (path.stem if path.is_file() else path.name)
+    root = Path(mapping.audio_root) if mapping.audio_root else (path.parent if path.is_file() else path)
+    for index, row in enumerate(_rows(path)):
+        try:
+            yield _item_from_row(row, mapping, dataset, root)
+        except (KeyError, ValueError, TypeError) as err:
+            raise ValueError(f"{path}, row {index}: {err}") from err
+
+
+def _rows(path: Path) -> Iterator[dict[str, Any]]:
+    suffix = path.suffix.lower()
+    if path.is_dir() or suffix == ".parquet":
+        yield from _hf_rows(path)
+    elif suffix in {".jsonl", ".ndjson"}:
+        with path.open(encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"{path}:{line_number} is not valid JSON: {err}") from err
+    elif suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise ValueError(f"{path} must hold a JSON list of rows")
+        yield from data
+    elif suffix in {".csv", ".tsv"}:
+        with path.open(encoding="utf-8", newline="") as handle:
+            yield from csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
+    else:
+        raise ValueError(f"source {path}: unknown format; use .jsonl, .json, .csv, .tsv, .parquet or a datasets folder")
+
+
+def _hf_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a `save_to_disk` folder, a folder of parquet files, or one parquet file; audio left undecoded."""
+    import datasets
+
+    if path.is_dir() and any((path / n).exists() for n in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[next(iter(ds))]
+    else:
+        files = [str(path)] if path.is_file() else sorted(str(p) for p in path.rglob("*.parquet"))
+        if not files:
+            raise ValueError(f"{path}: no parquet files and not a `save_to_disk` folder")
+        ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    for name, feature in ds.features.items():
+        if isinstance(feature, datasets.Audio):
+            ds = ds.cast_column(name, datasets.Audio(decode=False))
+    yield from ds
+
+
+def _audio_path(value: Any, root: Path, mapping: SourceMapping, dataset: str) -> tuple[str, str]:
+    """(id, readable path) of a row's audio: a path string, or datasets' Audio dict {"path", "bytes"}."""
+    embedded = None
+    if isinstance(value, dict):
+        embedded, value = value.get("bytes"), value.get("path")
+    if not value:
+        raise ValueError("the audio has no path; give each clip a file name")
+    relative = str(value)
+    path = Path(relative) if Path(relative).is_absolute() else root / relative
+    if embedded and not path.exists():
+        if not mapping.extract_audio_to:
+            raise ValueError(f"audio {relative!r} is embedded in the dataset; set extract_audio_to in the mapping")
+        path = Path(mapping.extract_audio_to) / dataset / Path(relative).name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(embedded)
+    return relative, str(path)
+
+
+def _item_from_row(row: dict[str, Any], mapping: SourceMapping, dataset: str, root: Path) -> SourceItem:
+    if mapping.audio_column not in row:
+        raise KeyError(f"no audio column {mapping.audio_column!r} (columns: {sorted(row)}); set audio_column")
+    relative, audio = _audio_path(row[mapping.audio_column], root, mapping, dataset)
+    attributes = {
+        name: _format_value(row[column])
+        for column, name in mapping.attributes.items()
+        if column in row and _present(row[column])
+    }
+    kind = row.get(mapping.kind_column) if mapping.kind_column else None
+    return SourceItem(
+        id=str(row[mapping.id_column]) if mapping.id_column else relative,
+        dataset=str(row.get("dataset") or dataset),
+        audio=audio,
+        kind=kind if kind in ("speech", "sound", "music") else mapping.kind,
+        duration=_float_or_none(row.get(mapping.duration_column)) if mapping.duration_column else None,
+        transcript=_text_or_none(row.get(mapping.transcript_column)) if mapping.transcript_column else None,
+        caption=_text_or_none(row.get(mapping.caption_column)) if mapping.caption_column else None,
+        attributes=attributes,
+        segments=_segments(row.get(mapping.segments_column), mapping) if mapping.segments_column else [],
+        seed_description=_text_or_none(row.get("seed_description")),
+    )
+
+
+def _segments(value: Any, mapping: SourceMapping) -> list[Segment]:
+    if not _present(value):
+        return []
+    if isinstance(value, str):  # CSV cells carry segments as a JSON string
+        value = json.loads(value)
+    segments = []
+    for raw in value:
+        attributes = {
+            name: _format_value(raw[column])
+            for column, name in mapping.attributes.items()
+            if column in raw and column != "speaker" and _present(raw[column])
+        }
+        attributes.update({str(k): _format_value(v) for k, v in (raw.get("attributes") or {}).items()})
+        segments.append(
+            Segment(
+                start=float(raw["start"]),
+                end=float(raw["end"]),
+                text=_text_or_none(raw.get("text")),
+                speaker=_text_or_none(raw.get("speaker")),
+                attributes=attributes,
+            )
+        )
+    return sorted(segments, key=lambda s: (s.start, s.end))
+
+
+def _present(value: Any) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, float) and value != value:  # NaN from pandas/CSV
+        return False
+    return not (isinstance(value, (str, list, dict)) and len(value) == 0)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value).strip()
+
+
+def _text_or_none(value: Any) -> str | None:
+    return str(value).strip() if _present(value) and str(value).strip() else None
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if _present(value) and str(value).strip() else None
