@@ -29,3 +29,6 @@ def _register_subcommands() -> None:
     from desta_audio.eval.cli import app as eval_app
 
     app.add_typer(eval_app, name="eval")
+    from desta_audio.train.cli import app as train_app
+
+    app.add_typer(train_app, name="train")

@@ -6,11 +6,15 @@ weight decay 0.01, cosine schedule with 5,000 warmup steps, gradient clip 1.0, b
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 class ConfigError(ValueError):
@@ -161,6 +165,8 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as error:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({error.problem})") from None
+        if isinstance(value, str):
+            value = _number(value)
         target = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -169,6 +175,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"override {item!r}: {part!r} is set both as a value and as a section")
         target[parts[-1]] = value
     return nested
+
+
+def _number(text: str) -> Any:
+    """YAML 1.1 reads '2e-4' (no dot) as a string; read scientific notation as the number it is."""
+    return float(text) if _SCIENTIFIC.match(text.strip()) else text
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -262,7 +262,8 @@ class Trainer:
 
     # ----- setup -----
 
-    def setup(self) -> "Trainer":
+    def setup(self, *, cache_only: bool = False) -> "Trainer":
+        """Build the model, data, cache, sampler, optimizer; resume. `cache_only` stops after the feature cache."""
         config = self.config
         self.dist, self.device = init_distributed(config.distributed.backend)
         if config.distributed.strategy == "fsdp":
@@ -283,6 +284,8 @@ class Trainer:
 
         self._load_data()
         cache = self._prepare_cache() if config.cache.enabled else None
+        if cache_only:
+            return self
         self.features = AudioFeatures(self.model, cache, encoder_trainable=config.encoder.mode != "frozen")
         self.loss_module = LossModule(self.model, self.features, {"train": self.train_records,
                                                                    "validation": self.val_records})
