@@ -26,6 +26,9 @@ def _register_subcommands() -> None:
 
     app.add_typer(serve_app, name="serve")
     app.add_typer(demo_app, name="demo")
+    from desta_audio.data.cli import app as data_app
+
+    app.add_typer(data_app, name="data")
     from desta_audio.eval.cli import app as eval_app
 
     app.add_typer(eval_app, name="eval")
