@@ -284,9 +284,9 @@ class Trainer:
 
         self._load_data()
         cache = self._prepare_cache() if config.cache.enabled else None
+        self.features = AudioFeatures(self.model, cache, encoder_trainable=config.encoder.mode != "frozen")
         if cache_only:
             return self
-        self.features = AudioFeatures(self.model, cache, encoder_trainable=config.encoder.mode != "frozen")
         self.loss_module = LossModule(self.model, self.features, {"train": self.train_records,
                                                                    "validation": self.val_records})
         self.wrapped: nn.Module = self.loss_module
