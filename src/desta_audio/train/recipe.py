@@ -14,6 +14,7 @@ import math
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -466,7 +467,9 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             log.error("step %d: non-finite %s (loss %s, gradient norm %s); skipped without touching the weights",
                       self.step + 1, "loss" if not math.isfinite(loss) else "gradient", loss, grad_norm)
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a skipped step still advances the schedule: it stays aligned with steps
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
         return loss, grad_norm, samples, count, ok
 
     # ----- validation -----

@@ -1,0 +1,119 @@
+import math
+
+import pytest
+import torch
+
+from desta_audio.processing import IGNORE_INDEX
+from desta_audio.train.config import build_config
+from desta_audio.train.recipe import Trainer, TrainingError, configure_trainable, token_loss, train
+from desta_audio.train.records import read_records
+from tests.tiny import tiny_model
+from tests.train.helpers import make_dataset, tiny_config
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"), 12)
+
+
+def test_loss_covers_every_assistant_turn_and_its_end_token_only(data):
+    model = tiny_model()
+    record = next(r for r in read_records(data) if len(r.messages) == 4)  # two assistant turns
+    batch, audio_tokens, _ = model.build_batch([record.messages], for_training=True)
+    labelled = [t for t in batch.labels[0].tolist() if t != IGNORE_INDEX]
+    end = model.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    texts = model.tokenizer.decode(labelled).split("<|im_end|>")
+    assert labelled.count(end) == 2 and labelled[-1] == end
+    assert [t.strip() for t in texts[:2]] == [record.messages[1]["content"], record.messages[3]["content"]]
+    with torch.no_grad():
+        total, count = token_loss(model, batch, audio_tokens)
+        reference = float(model.forward(batch, audio_tokens).loss)
+    # The labelled-positions-only head gives the HF loss exactly.
+    assert count == len(labelled)
+    assert float(total) / count == pytest.approx(reference, rel=1e-5)
+
+
+def test_trainable_parameters_follow_lora_encoder_and_regex_settings(tmp_path, data):
+    def names(**sections):
+        config = build_config(tiny_config(tmp_path, data, **sections))
+        model = tiny_model(**({"use_lora": True} if config.lora.enabled else {}))
+        return configure_trainable(model, config)
+
+    default = names()
+    assert default and all(n.startswith("perception.connector.") for n in default)
+    with_lora = names(lora={"enabled": True})
+    assert any("lora_" in n and n.startswith("llm_model.") for n in with_lora)
+    encoder_lora = names(encoder={"mode": "lora"}, cache={"enabled": False})
+    assert any(n.startswith("perception.whisper.model.encoder.") and "lora_" in n for n in encoder_lora)
+    full = names(encoder={"mode": "full"}, freeze={"frozen": [r"encoder\.layers\.[0-2]\."]})
+    assert any("encoder.layers.3." in n for n in full) and not any("encoder.layers.0." in n for n in full)
+    assert names(freeze={"trainable": [r"llm_model\.lm_head"]})[-1].startswith("llm_model.lm_head")
+    with pytest.raises(TrainingError, match="no parameter is trainable"):
+        names(freeze={"frozen": ["."]})
+
+
+def test_training_lowers_the_loss_and_writes_metrics_plot_and_adapter(tmp_path, data):
+    config = build_config(tiny_config(tmp_path, data, run={"max_steps": 12, "val_every": 6},
+                                      data={"val_fraction": 0.2},
+                                      validation={"generate_samples": 2, "max_new_tokens": 4},
+                                      optim={"lr": 3e-3, "warmup_steps": 1}))
+    result = train(config)
+    losses = [s.loss for s in result.steps]
+    assert len(losses) == 12 and all(math.isfinite(x) for x in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert [v["step"] for v in result.validation] == [6, 12] and 0.0 <= result.validation[-1]["accuracy"] <= 1.0
+    run = tmp_path / "run"
+    csv = (run / "metrics.csv").read_text().splitlines()
+    assert csv[0].startswith("step,split") and sum(",validation," in line for line in csv) == 2
+    assert (run / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    # The final adapter is in the released layout and loads strictly into a fresh model.
+    from safetensors.torch import load_file
+
+    state = load_file(str(result.final_adapter / "model.safetensors"))
+    assert state and all(k.startswith("perception.connector.") for k in state)
+    fresh = tiny_model(seed=5)
+    fresh.load_adapter_state_dict(state)
+    assert torch.equal(fresh.connector.layer_weights, state["perception.connector.layer_weights"])
+
+
+def _losses(config):
+    return [round(s.loss, 12) for s in train(config).steps]
+
+
+def test_a_stopped_run_resumes_step_for_step(tmp_path, data):
+    sections = dict(run={"max_steps": 7, "save_every": 2}, optim={"grad_accum": 2, "warmup_steps": 2},
+                    model={"overrides": {"qformer_dropout": 0.1}}, lora={"enabled": True, "dropout": 0.1},
+                    cache={"enabled": True})
+    reference = _losses(build_config(tiny_config(tmp_path / "a", data, **sections)))
+    interrupted = build_config(tiny_config(tmp_path / "b", data, **sections))
+    # Stop after step 5: checkpoints exist for steps 2 and 4 (and 5, written when stopping). Drop step 5's to
+    # emulate a kill after the last periodic checkpoint: step 5 is then recomputed.
+    first = _losses(interrupted.model_copy(update={"run": interrupted.run.model_copy(update={"stop_after_steps": 5})}))
+    import shutil
+
+    shutil.rmtree(tmp_path / "b" / "run" / "checkpoints" / "step-0000005")
+    second = _losses(interrupted)
+    assert first == reference[:5]
+    assert first[:4] + second == reference  # dropout and LoRA-dropout RNG, data order and optimizer all restored
+    steps = [line.split(",")[0] for line in (tmp_path / "b" / "run" / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [str(s) for s in range(1, 8)]
+
+
+def test_non_finite_loss_stops_without_touching_the_weights(tmp_path, data, monkeypatch):
+    config = build_config(tiny_config(tmp_path, data, run={"max_steps": 5, "max_bad_steps": 2}))
+    trainer = Trainer(config).setup()
+    before = {k: v.clone() for k, v in trainer.model.adapter_state_dict().items()}
+    import desta_audio.train.recipe as recipe
+
+    real = recipe.token_loss
+
+    def poisoned(model, batch, audio_tokens):
+        total, count = real(model, batch, audio_tokens)
+        return total * float("nan"), count
+
+    monkeypatch.setattr(recipe, "token_loss", poisoned)
+    with pytest.raises(TrainingError, match="non-finite.*left untouched"):
+        trainer.fit()
+    after = trainer.model.adapter_state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    trainer.close()
