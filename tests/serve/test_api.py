@@ -231,3 +231,15 @@ def test_32_concurrent_clients_are_batched_and_answered(fake):
             answers = list(pool.map(ask, range(32)))
     assert answers == [f"roles=user last=[<|AUDIO|> q{i}] audio_samples=[{int((0.1 + i / 100) * 16000)}]" for i in range(32)]
     assert sum(fake.batches) == 32 and max(fake.batches) > 1
+
+
+def test_oversize_chunked_body_without_length_gets_413(served):
+    def body():
+        yield b'{"model": "desta-test", "messages": [{"role": "user", "content": "'
+        for _ in range(40):
+            yield b"x" * 32_768  # 1.25 MB in all, over the 1 MB limit, with no Content-Length
+        yield b'"}]}'
+
+    response = httpx.post(f"{served}/v1/chat/completions", content=body(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert "larger than" in response.json()["error"]["message"]

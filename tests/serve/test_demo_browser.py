@@ -92,3 +92,32 @@ def test_upload_ask_and_follow_up(browser, tmp_path):
         assert [m["role"] for m in answer.conversations[-1]] == ["user", "assistant", "user"]
     finally:
         demo.close()
+
+
+def test_demo_mounted_next_to_the_api_answers_through_the_batcher(browser, tmp_path, tiny):
+    from desta_audio.serve.api import ServeSettings, create_app
+    from desta_audio.serve.cli import _mount_demo
+    from tests.serve.helpers import running_server
+
+    clip = tmp_path / "beep.wav"
+    clip.write_bytes(tone_wav(0.5))
+    app = create_app(tiny, ServeSettings(model_id="tiny"))
+    _mount_demo(app, max_new_tokens=12)
+    question = "what did the speaker say"
+    conversation = [{"role": "user", "content": f"<|AUDIO|>\n{question}", "audios": [{"audio": str(clip), "text": None}]}]
+    expected = tiny.chat([conversation], max_new_tokens=12)[0].text
+    with running_server(app) as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{url}/demo/", wait_until="domcontentloaded")
+        page.locator("#clips input[type=file]").set_input_files([str(clip)])
+        from playwright.sync_api import expect
+
+        expect(page.locator("#clips")).to_contain_text("KB", timeout=30_000)
+        page.locator("#question textarea").fill(question)
+        page.locator("#ask").click()
+        expect(page.locator("#transcripts")).to_contain_text("beep.wav", timeout=60_000)
+        page.screenshot(path=str(artifacts_dir() / "demo-mounted.png"), full_page=True)
+        assert app.state.metrics.batch_size._sum.get() >= 1  # the answer went through the API's batcher
+        bot_text = " ".join(page.locator("#conversation").inner_text().split())
+        page.close()  # drop the page's open event stream before the server stops
+        assert expected.strip() and " ".join(expected.split())[:20] in bot_text

@@ -248,41 +248,54 @@ def _sse(payload: ChatCompletionChunk) -> str:
 
 # -- app -----------------------------------------------------------------------------------------------------
 class _BodySizeLimit:
-    """Refuses bodies over the limit, by Content-Length up front and by counting when it is absent."""
+    """Refuses bodies over the limit: by Content-Length up front, else while reading. The body is read here (the
+    app would read it whole anyway) because errors raised while the app reads it become FastAPI's generic 400."""
 
     def __init__(self, app: Any, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
 
-    def _too_large(self) -> APIError:
-        return APIError(
+    async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
+        error = APIError(
             413,
             f"the request body is larger than this server's limit of {self.max_bytes / 1024 / 1024:.0f} MB; "
             "send shorter or compressed (mp3/ogg) audio",
             code="request_too_large",
+            headers={"Connection": "close"},
         )
+        await _error_response(error)(scope, receive, send)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            error = self._too_large()
-            response = _error_response(error)
-            await response(scope, receive, send)
+            await self._refuse(scope, receive, send)
             return
-        received = 0
-
-        async def counting_receive() -> dict:
-            nonlocal received
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise self._too_large()
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
 
-        await self.app(scope, counting_receive, send)
+        async def replay() -> dict:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 def _error_response(error: APIError) -> JSONResponse:

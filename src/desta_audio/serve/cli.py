@@ -79,14 +79,14 @@ def serve(
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), timeout_graceful_shutdown=5)
 
 
-def _mount_demo(app) -> None:
+def _mount_demo(app, max_new_tokens: int = 256) -> None:
     import gradio as gr
 
     from desta_audio.serve.batcher import SamplingParams
     from desta_audio.serve.demo import build_demo, theme
 
     batcher = app.state.batcher
-    params = SamplingParams(max_new_tokens=256)
+    params = SamplingParams(max_new_tokens=max_new_tokens)
     timeout = app.state.settings.request_timeout_s
 
     def answer(conversation):
