@@ -22,6 +22,9 @@ def _register_subcommands() -> None:
     from desta_audio import cli_ask
 
     cli_ask.register(app)  # ask, chat
+    from desta_audio.cli_models import models_app
+
+    app.add_typer(models_app, name="models")
     from desta_audio.serve.cli import demo_app, serve_app
 
     app.add_typer(serve_app, name="serve")
