@@ -62,7 +62,7 @@ class SourceMapping(BaseModel):
     dataset: str | None = None
     kind: AudioKind = "speech"
     audio_column: str = "audio"
-    id_column: str | None = None
+    id_column: str | None = "id"  # when the row has no such column, the id is the audio path as written
     audio_root: str | None = None
     transcript_column: str | None = "text"
     caption_column: str | None = "caption"
@@ -209,9 +209,11 @@ def _item_from_row(row: dict[str, Any], mapping: SourceMapping, dataset: str, ro
         for column, name in mapping.attributes.items()
         if column in row and _present(row[column])
     }
+    if isinstance(row.get("attributes"), dict):  # rows written by `desta data describe` carry named attributes
+        attributes = {str(k): _format_value(v) for k, v in row["attributes"].items() if _present(v)} | attributes
     kind = row.get(mapping.kind_column) if mapping.kind_column else None
     return SourceItem(
-        id=str(row[mapping.id_column]) if mapping.id_column else relative,
+        id=str(row[mapping.id_column]) if mapping.id_column and _present(row.get(mapping.id_column)) else relative,
         dataset=str(row.get("dataset") or dataset),
         audio=audio,
         kind=kind if kind in ("speech", "sound", "music") else mapping.kind,
