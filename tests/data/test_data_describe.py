@@ -9,6 +9,8 @@ from desta_audio.data.sources import Segment, SourceItem, SourceMapping, read_so
 def test_timestamps_and_durations():
     assert format_timestamp(0) == "00:00"
     assert format_timestamp(65.4) == "01:05"
+    assert format_timestamp(65.4, round_up=True) == "01:06"
+    assert format_timestamp(2.0, round_up=True) == "00:02"
     assert format_timestamp(3725) == "62:05"
     assert format_duration(2.0) == "2s"
     assert format_duration(4.74) == "4.7s"
@@ -48,9 +50,9 @@ def test_multi_speaker_one_line_per_segment():
     )
     item.segments.sort(key=lambda s: s.start)
     assert describe(item).splitlines() == [
-        "[00:00-00:07] (Number of speakers: 2, Duration: 7.2s)",
+        "[00:00-00:08] (Number of speakers: 2, Duration: 7.2s)",
         "[00:00-00:03] Alice: How are you? (Gender: Female)",
-        "[00:03-00:07] Bob: Fine, thanks. (Emotion: Happy)",
+        "[00:03-00:08] Bob: Fine, thanks. (Emotion: Happy)",
     ]
 
 

@@ -17,9 +17,9 @@ from desta_audio.data.sources import Segment, SourceItem
 DESCRIPTION_FORMAT_VERSION = "1.0"
 
 
-def format_timestamp(seconds: float) -> str:
-    """MM:SS (minutes keep counting past 59 so long recordings stay sortable as text)."""
-    total = max(0, int(round(seconds)))
+def format_timestamp(seconds: float, round_up: bool = False) -> str:
+    """MM:SS (minutes keep counting past 59). Starts round down and ends up, so a span covers its audio."""
+    total = max(0, math.ceil(seconds - 1e-6) if round_up else math.floor(seconds + 1e-6))
     return f"{total // 60:02d}:{total % 60:02d}"
 
 
@@ -68,7 +68,7 @@ def _segment_line(segment: Segment) -> str:
 
 
 def _line(start: float, end: float, text: str | None, caption: str | None, attributes: dict[str, str]) -> str:
-    parts = [f"[{format_timestamp(start)}-{format_timestamp(end)}]"]
+    parts = [f"[{format_timestamp(start)}-{format_timestamp(end, round_up=True)}]"]
     if text:
         parts.append(_one_line(text))
     if caption:

@@ -1,0 +1,59 @@
+import json
+
+from typer.testing import CliRunner
+
+from desta_audio.data.cli import app
+from desta_audio.data.stats import collect, write_histogram
+
+runner = CliRunner()
+
+
+def test_generate_then_stats_through_the_cli(speech_manifest, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["generate", str(speech_manifest), "--out", str(out), "--target", "template",
+                                 "--samples-per-clip", "3", "--shard-size", "4"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "18 kept" in result.output
+    assert len(list((out / "data").glob("shard-*.jsonl"))) == 5
+
+    png = tmp_path / "lengths.png"
+    result = runner.invoke(app, ["stats", str(out), "--png", str(png)])
+    assert result.exit_code == 0, result.output
+    assert "18 records kept" in result.output
+    assert "Gender" in result.output and "female (9)" in result.output  # 3 female clips x 3 samples
+    assert "speech" in result.output  # the dataset column
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_stats_counts_and_histogram(speech_manifest, tmp_path):
+    runner.invoke(app, ["generate", str(speech_manifest), "--out", str(tmp_path), "--target", "template"])
+    stats = collect(tmp_path)
+    assert stats.records == 6 and sum(stats.by_dataset.values()) == 6
+    assert stats.by_category == {"template": 6}
+    assert len(stats.response_words) == 6 and stats.length_percentiles()["max"] >= 3
+    written = write_histogram(stats, tmp_path / "h.png")
+    assert written.stat().st_size > 5000
+
+
+def test_describe_cli_writes_a_manifest_generate_accepts(speech_manifest, tmp_path):
+    described = tmp_path / "described.jsonl"
+    result = runner.invoke(app, ["describe", str(speech_manifest), "--out", str(described)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in described.read_text().splitlines()]
+    assert rows[0]["seed_description"] == "[00:00-00:01] hello there (Gender: female, Emotion: Neutral, Duration: 0.5s)"
+    assert rows[0]["description_format_version"] == "1.0"
+    result = runner.invoke(app, ["generate", str(described), "--out", str(tmp_path / "o"), "--target", "template"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in next((tmp_path / "o" / "data").glob("*.jsonl")).read_text().splitlines()]
+    assert rows[0]["id"] == "clip0.wav" and rows[0]["seed_description"].startswith("[00:00-00:01] hello there")
+
+
+def test_openai_backend_needs_a_url(speech_manifest, tmp_path):
+    result = runner.invoke(app, ["generate", str(speech_manifest), "--out", str(tmp_path), "--backend", "openai"])
+    assert result.exit_code != 0 and "--base-url" in result.output
+
+
+def test_prompts_command_shows_the_pool():
+    result = runner.invoke(app, ["prompts", "--show", "3"])
+    assert result.exit_code == 0, result.output
+    assert "prompts;" in result.output and result.output.count("\n[") >= 2
