@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -54,6 +55,8 @@ def train(
     except TrainingError as error:
         typer.echo(f"training stopped: {error}", err=True)
         raise typer.Exit(1) from None
+    if os.environ.get("RANK", "0") != "0":  # one report per run under torchrun
+        return
     if result.final_adapter is not None:
         typer.echo(f"adapter: {result.final_adapter}  (load with DeSTAModel.from_pretrained)")
     if result.steps:
