@@ -249,16 +249,14 @@ class DeSTAModel(nn.Module):
 
         return bool(get_speech_timestamps(torch.from_numpy(audio), self.vad, sampling_rate=SAMPLE_RATE))
 
-    def transcribe_windows(self, features: torch.Tensor, encoder_states: torch.Tensor) -> list[str]:
-        """Greedy Whisper transcripts (language detected, no timestamps) reusing the encoder pass."""
+    def transcribe_windows(self, encoder_states: torch.Tensor) -> list[str]:
+        """Greedy Whisper transcripts (language detected, no timestamps) from the encoder pass already made."""
         from transformers.modeling_outputs import BaseModelOutput
 
         texts: list[str] = []
-        for start in range(0, len(features), ENCODER_BATCH):
-            chunk = slice(start, start + ENCODER_BATCH)
+        for start in range(0, len(encoder_states), ENCODER_BATCH):
             ids = self.perception.whisper.generate(
-                input_features=features[chunk],
-                encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states[chunk]),
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states[start:start + ENCODER_BATCH]),
                 max_new_tokens=self.config.max_transcript_tokens,
                 do_sample=False,
                 task="transcribe",
@@ -295,7 +293,7 @@ class DeSTAModel(nn.Module):
         offsets = np.cumsum([0] + [len(w) for w in windows])
         asr_windows = [j for i in speech for j in range(offsets[i], offsets[i + 1])]
         if asr_windows:
-            texts = self.transcribe_windows(self._features([flat[j] for j in asr_windows]), finals[asr_windows])
+            texts = self.transcribe_windows(finals[asr_windows])
             by_window = dict(zip(asr_windows, texts))
             for i in speech:
                 joined = " ".join(by_window[j] for j in range(offsets[i], offsets[i + 1]) if by_window[j])
