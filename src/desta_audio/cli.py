@@ -32,9 +32,13 @@ def _register_subcommands() -> None:
     from desta_audio.data.cli import app as data_app
 
     app.add_typer(data_app, name="data")
-    from desta_audio.eval.cli import app as eval_app
-
-    app.add_typer(eval_app, name="eval")
     from desta_audio.train.cli import app as train_app
 
     app.add_typer(train_app, name="train")
+    from desta_audio.eval.cli import app as eval_app
+
+    app.add_typer(eval_app, name="eval")
+
+
+if __name__ == "__main__":
+    main()
