@@ -1,8 +1,8 @@
 """Two processes (torchrun, gloo on CPU) give the same losses as one process with the same global batch."""
 
-import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +34,16 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", "2",
                "-m", "desta_audio.train", str(config)]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # Own session, so a hung run is killed with all its workers rather than left behind.
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        _, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("torchrun did not finish within 300 s")
+    assert process.returncode == 0, stderr[-3000:]
     rows = [line.split(",") for line in (tmp_path / "two" / "run" / "metrics.csv").read_text().splitlines()[1:]]
     double = [float(row[3]) for row in rows if row[1] == "train"]
     assert double == pytest.approx(single, rel=1e-5)

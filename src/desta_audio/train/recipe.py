@@ -244,6 +244,7 @@ class StepLog:
     lr: float
     grad_norm: float
     samples: int
+    seconds: float
 
 
 @dataclass
@@ -295,8 +296,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.wrapped = DistributedDataParallel(
-                self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False)
+                self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
         self.sampler = self._sampler(self.train_records, shuffle=config.batching.shuffle)
         per_epoch = max(1, len(self.sampler.batches(0)) // config.optim.grad_accum)
@@ -413,7 +413,7 @@ class Trainer:
                     raise TrainingError(
                         f"{bad_steps} steps in a row had a non-finite loss or gradient (last: step {self.step}); "
                         "the weights were left untouched. Lower optim.lr, check the data, or use run.precision=fp32")
-            result.steps.append(StepLog(self.step, loss, lr, grad_norm, samples))
+            result.steps.append(StepLog(self.step, loss, lr, grad_norm, samples, seconds))
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples / seconds:.1f}")
             if self.dist.rank == 0 and (self.step % config.run.log_every == 0 or self.step == stop_at or
