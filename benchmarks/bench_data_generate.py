@@ -67,7 +67,8 @@ def main() -> None:
     settings = GenerationSettings(decoding=Decoding(do_sample=False, max_new_tokens=args.max_new_tokens))
     samples = list(plan_samples(synthetic_items(args.records), PromptPool.load(), settings))
     requests = [request_for(s, settings) for s in samples]
-    lines = [
+    lines = _Table()
+    lines += [
         f"records: {args.records}, greedy, max_new_tokens {args.max_new_tokens}, torch threads "
         f"{torch.get_num_threads()}, device cpu, float32",
         "",
@@ -88,7 +89,18 @@ def main() -> None:
             lines.append(f"| {model} | batched, batch {batch_size} | {len(requests) / seconds:.2f} | "
                          f"{batch_tokens / seconds:.1f} | {loop_seconds / seconds:.1f}x | {same}/{len(requests)} |")  # fmt: skip
         del backend
-    print("\n".join(lines))  # noqa: T201  (a benchmark script: the table is its output)
+
+class _Table(list):
+    """Prints each line as soon as it is known (a long run still shows its finished rows)."""
+
+    def append(self, line: str) -> None:
+        super().append(line)
+        print(line, flush=True)  # noqa: T201  (a benchmark script: the table is its output)
+
+    def __iadd__(self, lines):
+        for line in lines:
+            self.append(line)
+        return self
 
 
 if __name__ == "__main__":

@@ -43,3 +43,19 @@ def test_ray_generation_equals_local_generation_and_resumes(local_ray, speech_ma
     again = run_generation(read_source(speech_manifest), factory(), tmp_path / "ray", settings, pool,
                            generate_fn=ray_generate_fn(factory, settings, workers=2), progress=False)  # fmt: skip
     assert again.skipped == 12 and again.kept == again.quarantined == 0
+
+
+@pytest.mark.slow
+def test_cli_generate_with_ray(local_ray, speech_manifest, tiny_llm_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from desta_audio.data.cli import app
+
+    result = CliRunner().invoke(app, ["generate", str(speech_manifest), "--out", str(tmp_path), "--model",
+                                      str(tiny_llm_dir), "--greedy", "--max-new-tokens", "6", "--ray",
+                                      "--ray-workers", "1", "--no-language-check"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = list(ShardStore(tmp_path).iter_records()) + list(ShardStore(tmp_path).iter_records(quarantine=True))
+    assert len(records) == 6
+    assert {r.provenance.generator for r in records} == {str(tiny_llm_dir)}
+    assert all(len(r.provenance.weights_sha256) == 64 for r in records)

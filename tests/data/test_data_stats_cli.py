@@ -46,6 +46,8 @@ def test_describe_cli_writes_a_manifest_generate_accepts(speech_manifest, tmp_pa
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in next((tmp_path / "o" / "data").glob("*.jsonl")).read_text().splitlines()]
     assert rows[0]["id"] == "clip0.wav" and rows[0]["seed_description"].startswith("[00:00-00:01] hello there")
+    assert rows[0]["messages"][1]["audios"][0] == {"audio": str(speech_manifest.parent / "clip0.wav"),
+                                                   "text": "hello there"}
 
 
 def test_openai_backend_needs_a_url(speech_manifest, tmp_path):

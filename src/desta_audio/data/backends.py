@@ -224,6 +224,21 @@ class OpenAIBackend(Backend):
         return Generation((choice.message.content or "").strip(), choice.finish_reason or "stop", tokens)
 
 
+class RemoteBackendInfo(Backend):
+    """Names the backend that remote workers (Ray actors) run, without loading a model in the driver."""
+
+    def __init__(self, name: str, model_id: str, weights_sha256: str | None = None):
+        self.name = name
+        self.model_id = model_id
+        self._sha = weights_sha256
+
+    def weights_sha256(self) -> str | None:
+        return self._sha
+
+    def generate(self, requests: list[GenerationRequest], decoding: Decoding) -> list[Generation]:
+        raise RuntimeError(f"{self.name} generation runs on remote workers; this object only describes it")
+
+
 class TemplateBackend(Backend):
     """Returns the templated answer planned for each request (the task-specific baseline)."""
 

@@ -185,10 +185,18 @@ def generate(
     loaded_pool = None if target == "template" else PromptPool.load(pool)
     generate_fn = None
     if ray:
+        from desta_audio.data.backends import RemoteBackendInfo, folder_sha256, resolve_llm
         from desta_audio.data.ray_engine import ray_generate_fn
 
-        generate_fn = ray_generate_fn(factory, settings, workers=ray_workers, address=ray_address)
-    summary = run_generation(items, factory(), out, settings, loaded_pool, generate_fn=generate_fn)
+        generate_fn = ray_generate_fn(factory, settings, workers=ray_workers, address=ray_address,
+                                      gpus_per_worker=1.0 if device.startswith("cuda") else 0.0)  # fmt: skip
+        if target != "template" and backend == "transformers":  # the driver only names the model
+            driver_backend = RemoteBackendInfo("transformers", model, folder_sha256(resolve_llm(model)))
+        else:
+            driver_backend = factory()
+    else:
+        driver_backend = factory()
+    summary = run_generation(items, driver_backend, out, settings, loaded_pool, generate_fn=generate_fn)
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.reasons.items())) or "none"
     typer.echo(f"{summary.kept} kept, {summary.quarantined} quarantined ({reasons}), "
                f"{summary.skipped} already done, of {summary.planned} planned -> {out}")  # fmt: skip

@@ -189,7 +189,7 @@ def _audio_path(value: Any, root: Path, mapping: SourceMapping, dataset: str) ->
     if not value:
         raise ValueError("the audio has no path; give each clip a file name")
     relative = str(value)
-    path = Path(relative) if Path(relative).is_absolute() else root / relative
+    path = Path(relative) if Path(relative).is_absolute() else (root / relative).absolute()
     if embedded and not path.exists():
         if not mapping.extract_audio_to:
             raise ValueError(f"audio {relative!r} is embedded in the dataset; set extract_audio_to in the mapping")
@@ -218,7 +218,8 @@ def _item_from_row(row: dict[str, Any], mapping: SourceMapping, dataset: str, ro
         audio=audio,
         kind=kind if kind in ("speech", "sound", "music") else mapping.kind,
         duration=_float_or_none(row.get(mapping.duration_column)) if mapping.duration_column else None,
-        transcript=_text_or_none(row.get(mapping.transcript_column)) if mapping.transcript_column else None,
+        transcript=_text_or_none(row.get(mapping.transcript_column) if mapping.transcript_column else None)
+        or _text_or_none(row.get("transcript")),  # the column `desta data describe` writes
         caption=_text_or_none(row.get(mapping.caption_column)) if mapping.caption_column else None,
         attributes=attributes,
         segments=_segments(row.get(mapping.segments_column), mapping) if mapping.segments_column else [],
