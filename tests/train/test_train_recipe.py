@@ -117,3 +117,21 @@ def test_non_finite_loss_stops_without_touching_the_weights(tmp_path, data, monk
     after = trainer.model.adapter_state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     trainer.close()
+
+
+def test_desta_train_command_runs_and_resumes(tmp_path, data):
+    import yaml
+    from typer.testing import CliRunner
+
+    from desta_audio.cli import _register_subcommands, app
+
+    _register_subcommands()
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tmp_path, data, run={"max_steps": 3})))
+    first = CliRunner().invoke(app, ["train", str(config), "run.max_steps=2"])
+    assert first.exit_code == 0, first.output
+    assert "adapter:" in first.output and (tmp_path / "run" / "final" / "model.safetensors").exists()
+    longer = CliRunner().invoke(app, ["train", str(config)])  # resumes at step 2 and runs step 3 only
+    assert longer.exit_code == 0, longer.output
+    assert "last step 3" in longer.output
+    assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 1 + 3

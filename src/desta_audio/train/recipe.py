@@ -273,9 +273,8 @@ class Trainer:
                                 "the frozen backbone fits each GPU up to ~8B parameters in bf16)")
         torch.manual_seed(config.run.seed + self.dist.rank)
         np.random.seed(config.run.seed + self.dist.rank)
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                         if self.device.type == "cuda" and config.run.precision != "fp32"
-                         else contextlib.nullcontext())
+        mixed = config.run.precision == "bf16" or (config.run.precision == "auto" and self.device.type == "cuda")
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if mixed else contextlib.nullcontext()
         if self.model is None:
             self.model = build_model(config, self.device)
         self.model.to(self.device)
@@ -326,6 +325,9 @@ class Trainer:
         if not self.train_records:
             raise TrainingError(f"{data.train}: no training records (after holding out {data.val_fraction:.0%})")
         log.info("%d training records, %d validation records", len(self.train_records), len(self.val_records))
+        if 0 < len(self.val_records) < self.dist.world:
+            log.warning("%d validation records for %d processes: validation is skipped; hold out more",
+                        len(self.val_records), self.dist.world)
 
     def _prepare_cache(self) -> FeatureCache:
         config = self.config.cache
@@ -423,7 +425,7 @@ class Trainer:
                                     "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
                                     "elapsed_s": time.perf_counter() - started})
             last = self.step == self.total_steps
-            if self.val_records and ((config.run.val_every and self.step % config.run.val_every == 0) or last):
+            if len(self.val_records) >= self.dist.world and ((config.run.val_every and self.step % config.run.val_every == 0) or last):
                 result.validation.append(self.validate())
             if (config.run.save_every and self.step % config.run.save_every == 0) or self.step == stop_at:
                 self.save()
