@@ -42,6 +42,7 @@ SHARES: dict[str, float] = {
     "noise": 0.04, "noisy_speech": 0.09, "reverb_speech": 0.05,
 }  # fmt: skip
 
+MAX_PROMPT_SECONDS = 30.0  # one encoder window; the few longer Asterisk menus are left out
 ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 ASTERISK_TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 ASTERISK_MOH = Path("/usr/share/asterisk/moh")
@@ -194,13 +195,16 @@ def plan_piper(count: int, rng: random.Random, pool: dict[str, list[Sentence]]) 
 
 def asterisk_prompts() -> list[tuple[str, str]]:
     """(prompt name, transcript) of every Asterisk English prompt whose wav is installed, in file order."""
+    import soundfile as sf
+
     prompts = []
     with gzip.open(ASTERISK_TRANSCRIPTS, "rt", encoding="utf-8", errors="replace") as handle:
         for line in handle:
             name, sep, text = line.partition(":")
             if line.startswith(";") or not sep or not text.strip():
                 continue
-            if (ASTERISK_SOUNDS / f"{name.strip()}.wav").exists():
+            wav = ASTERISK_SOUNDS / f"{name.strip()}.wav"
+            if wav.exists() and sf.info(str(wav)).duration <= MAX_PROMPT_SECONDS:
                 prompts.append((name.strip(), " ".join(text.split())))
     return prompts
 
