@@ -230,3 +230,12 @@ def test_cli_builds_and_reports(tmp_path, monkeypatch):
     assert "train:" in result.output and "heldout:" in result.output
     assert "skipped (package missing): piper, asterisk, music, alsa" in result.output
     assert (tmp_path / "c" / "train.jsonl").exists() and (tmp_path / "c" / "corpus.json").exists()
+
+
+@needs_espeak
+def test_same_seed_gives_byte_identical_corpus_whatever_the_worker_count(tmp_path):
+    first = build_corpus(tmp_path / "a", size=16, seed=5, workers=2, progress=False)
+    second = build_corpus(tmp_path / "b", size=16, seed=5, workers=1, progress=False)
+    assert first.train == second.train and first.heldout == second.heldout
+    for row in first.train + first.heldout:
+        assert (tmp_path / "a" / row["audio"]).read_bytes() == (tmp_path / "b" / row["audio"]).read_bytes(), row["id"]

@@ -125,3 +125,15 @@ def test_espeak_pitch_setting_moves_f0_within_a_gender():
 def test_unknown_espeak_voice_is_a_clear_error():
     with pytest.raises(synth.SynthesisError, match="xx-nope"):
         synth.espeak("hello", "xx-nope+m1")
+
+
+@pytest.mark.skipif(not synth.piper_available(), reason="piper-tts not installed (pip install -e .[recipe])")
+def test_piper_is_reproducible_from_its_seed():
+    first = synth.piper("Turn left at the bakery.", length_scale=1.0, volume=0.5, seed=11)
+    again = synth.piper("Turn left at the bakery.", length_scale=1.0, volume=0.5, seed=11)
+    other = synth.piper("Turn left at the bakery.", length_scale=1.0, volume=0.5, seed=12)
+    assert np.array_equal(first, again)
+    assert first.size != other.size or not np.array_equal(first, other)
+    assert np.max(np.abs(first)) == pytest.approx(0.5, abs=0.02)
+    slow = synth.piper("Turn left at the bakery.", length_scale=1.6, seed=11)
+    assert slow.size > 1.3 * first.size

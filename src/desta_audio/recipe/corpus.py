@@ -180,15 +180,14 @@ def plan_piper(count: int, rng: random.Random, pool: dict[str, list[Sentence]]) 
         synthesis = {
             "engine": "piper", "voice": "en_US-joe-medium", "text": sentence.text,
             "length_scale": attr.float_in(attr.PIPER_LENGTH_SCALE[speed], rng),
-            "volume": attr.float_in(attr.PIPER_VOLUME[volume], rng),
+            "volume": attr.float_in(attr.PIPER_VOLUME[volume], rng), "seed": rng.randrange(2**31),
         }  # fmt: skip
         meta = {
             "kind": "speech", "text": sentence.text, "language": "English", "accent": "American", "gender": "Male",
             "speaking_speed": speed, "volume": volume, "voice": "piper joe", "voice_variant": "piper-joe",
             "synthesis": synthesis,
         }  # fmt: skip
-        render = {"renderer": "piper", "text": sentence.text, "length_scale": synthesis["length_scale"],
-                  "volume": synthesis["volume"]}  # fmt: skip
+        render = {"renderer": "piper", **{k: v for k, v in synthesis.items() if k not in ("engine", "voice")}}
         plans.append(ClipPlan(f"audio/piper/piper-{index:05d}.wav", "piper", split, render, meta))
     return plans
 

