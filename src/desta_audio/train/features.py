@@ -145,7 +145,8 @@ class FeatureCache:
     def add(self, key: str, taps: np.ndarray, transcript: str) -> bool:
         """Append one audio's states (windows, taps, frames, d); False (nothing written) when over the bound."""
         if tuple(taps.shape[1:]) != self.window_shape:
-            raise CacheError(f"states of shape {tuple(taps.shape[1:])} per window; this cache holds {self.window_shape}")
+            raise CacheError(f"states of shape {tuple(taps.shape[1:])} per window; "
+                             f"this cache holds {self.window_shape}")
         if key in self.entries or key in self._pending:
             return True
         if not self.can_add(len(taps)):
@@ -215,7 +216,7 @@ def transcripts_for(model: Any, items: Sequence[Any], arrays: list[np.ndarray], 
             texts.append(item.text)
         elif model.use_asr and model._has_speech(arrays[i]):
             span = slice(int(offsets[i]), int(offsets[i + 1]))
-            parts = model.transcribe_windows(features[span], final[span])
+            parts = model.transcribe_windows(final[span])
             texts.append(" ".join(p for p in parts if p) or NO_SPEECH_TRANSCRIPT)
         else:
             texts.append(NO_SPEECH_TRANSCRIPT)

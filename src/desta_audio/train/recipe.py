@@ -134,7 +134,8 @@ class AudioFeatures:
         for i, item in enumerate(items):
             if self.cache is not None and self.key(item) in self.cache:
                 cached = self.cache.get(self.key(item))
-                parts[i] = torch.from_numpy(np.array(cached.taps, dtype=np.float32)).to(device)  # copy: memmaps are read-only
+                # A copy: the memmap is read-only (and float16 on disk).
+                parts[i] = torch.from_numpy(np.array(cached.taps, dtype=np.float32)).to(device)
                 transcripts[i] = cached.transcript
             else:
                 raw.append(i)
@@ -425,7 +426,8 @@ class Trainer:
                                     "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
                                     "elapsed_s": time.perf_counter() - started})
             last = self.step == self.total_steps
-            if len(self.val_records) >= self.dist.world and ((config.run.val_every and self.step % config.run.val_every == 0) or last):
+            due = bool(config.run.val_every and self.step % config.run.val_every == 0) or last
+            if due and len(self.val_records) >= self.dist.world:
                 result.validation.append(self.validate())
             if (config.run.save_every and self.step % config.run.save_every == 0) or self.step == stop_at:
                 self.save()
