@@ -93,7 +93,8 @@ def test_leak_check_finds_each_kind_of_leak():
 
 def test_labels_pick_settings_inside_their_ranges():
     rng = random.Random(0)
-    assert attr.noise_level(3.0) == "Very high" and attr.noise_level(25.0) == "Low" and attr.noise_level(40) == "Very low"
+    assert attr.noise_level(3.0) == "Very high" and attr.noise_level(25.0) == "Low"
+    assert attr.noise_level(40.0) == "Very low"
     picked = [attr.pick_label(attr.SPEED_LABELS, rng) for _ in range(600)]
     assert set(picked) == set(attr.SPEED_LABELS) and picked.count("Normal") > picked.count("Fast")
 

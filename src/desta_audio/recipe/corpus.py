@@ -109,7 +109,7 @@ def plan_corpus(size: int, seed: int, available: Availability | None = None) -> 
     """Every clip of a build, and the families skipped because their package is missing."""
     available = available or Availability.detect()
     if not available.espeak:
-        raise RuntimeError("espeak-ng is not installed; the corpus needs it (run setup.sh or apt-get install espeak-ng)")
+        raise RuntimeError("espeak-ng is not installed; the corpus needs it (setup.sh, or apt-get install espeak-ng)")
     needs = {"piper": available.piper, "asterisk": available.asterisk, "music": available.moh, "alsa": available.alsa}
     pool = sentence_pool()
     counts = family_counts(size) | {"alsa": 9}
