@@ -1,4 +1,5 @@
-"""Two processes (torchrun, gloo on CPU) give the same losses as one process with the same global batch."""
+"""Two processes (torchrun, gloo on CPU; DDP or FSDP) give the same losses as one process with the same global
+batch."""
 
 import os
 import shutil
@@ -20,7 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
                     reason="torchrun is not installed beside this python")
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, strategy):
     data = make_dataset(tmp_path / "data", 10)
     sections = dict(run={"max_steps": 3, "save_every": 3}, optim={"grad_accum": 2, "warmup_steps": 1},
                     cache={"enabled": True})
@@ -29,6 +31,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     raw = tiny_config(tmp_path / "two", data, **sections)
     # Per-process limits are half the single process's, so each global batch is the same.
     raw["batching"] = {**raw["batching"], "max_audio_seconds": 3.0, "max_tokens": 2048, "max_size": 2}
+    raw["distributed"] = {"strategy": strategy}  # fsdp: the frozen LLM's layers are sharded across the 2 processes
     config = tmp_path / "two.yaml"
     config.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -269,9 +269,6 @@ class Trainer:
         """Build the model, data, cache, sampler, optimizer; resume. `cache_only` stops after the feature cache."""
         config = self.config
         self.dist, self.device = init_distributed(config.distributed.backend)
-        if config.distributed.strategy == "fsdp":
-            raise TrainingError("distributed.strategy=fsdp is not implemented yet; use ddp (the adapter is small and "
-                                "the frozen backbone fits each GPU up to ~8B parameters in bf16)")
         torch.manual_seed(config.run.seed + self.dist.rank)
         np.random.seed(config.run.seed + self.dist.rank)
         mixed = config.run.precision == "bf16" or (config.run.precision == "auto" and self.device.type == "cuda")
@@ -292,7 +289,10 @@ class Trainer:
         self.loss_module = LossModule(self.model, self.features, {"train": self.train_records,
                                                                    "validation": self.val_records})
         self.wrapped: nn.Module = self.loss_module
-        if self.dist.enabled:
+        self.sharded = self.dist.enabled and config.distributed.strategy == "fsdp"
+        if self.sharded:
+            self._shard_llm()
+        elif self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             self.wrapped = DistributedDataParallel(
@@ -313,6 +313,19 @@ class Trainer:
             self.metrics = MetricsWriter(self.output_dir, resume_step=self.step if self.step else None,
                                          tensorboard=config.run.tensorboard)
         return self
+
+    def _shard_llm(self) -> None:
+        """FSDP for backbones too big to replicate: each frozen LLM layer is sharded across processes (gathered
+        for its forward and backward); the small trainable adapter stays replicated and its gradients are summed
+        across processes by hand."""
+        from torch.distributed.fsdp import fully_shard
+
+        in_llm = [name for name in self.trainable_names if name.startswith("llm_model.")]
+        if in_llm:
+            raise TrainingError(f"distributed.strategy=fsdp shards the frozen LLM, but {in_llm[0]} (and "
+                                f"{len(in_llm) - 1} more LLM weights) are trainable; use ddp with LoRA")
+        for layer in self.model.llm.get_decoder().layers:
+            fully_shard(layer)
 
     def _load_data(self) -> None:
         data = self.config.data
@@ -403,11 +416,11 @@ class Trainer:
                    disable=not config.run.progress or self.dist.rank != 0, dynamic_ncols=True)
         while self.step < stop_at:
             clock = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
             loss, grad_norm, samples, tokens, ok = self._train_step([next(batches)
                                                                       for _ in range(config.optim.grad_accum)])
             self.step += 1
             seconds = time.perf_counter() - clock
-            lr = self.scheduler.get_last_lr()[0]
             if ok:
                 bad_steps = 0
             else:
@@ -445,7 +458,8 @@ class Trainer:
         for position, global_batch in enumerate(global_batches):
             indices = self.sampler.shard(global_batch, self.dist.rank)
             last = position == len(global_batches) - 1
-            sync = self.wrapped.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()
+            ddp = self.dist.enabled and not self.sharded
+            sync = self.wrapped.no_sync() if ddp and not last else contextlib.nullcontext()
             with sync:
                 with self.autocast:
                     micro_loss, micro_count = self.wrapped("train", indices)
@@ -457,8 +471,14 @@ class Trainer:
         if count == 0:
             raise TrainingError("a training step had no labelled tokens: every record needs an assistant target")
         loss = loss_sum / count
-        # Each rank's gradient is of its own summed loss; DDP averaged them over ranks: rescale to the step's mean.
+        # Each rank's gradient is of its own summed loss; DDP averaged them over ranks (FSDP: summed here by hand):
+        # rescale to the mean over the step's tokens.
         scale = self.dist.world / count
+        if self.sharded:
+            for parameter in self.parameters:
+                if parameter.grad is not None:
+                    torch.distributed.all_reduce(parameter.grad)
+            scale = 1.0 / count
         for parameter in self.parameters:
             if parameter.grad is not None:
                 parameter.grad.mul_(scale)
@@ -492,7 +512,8 @@ class Trainer:
             count += float(micro_count)
         loss_sum, count = self.dist.sum([loss_sum, count])
         metrics = {"step": self.step, "loss": loss_sum / max(count, 1.0)}
-        if self.dist.rank == 0 and self.config.validation.generate_samples:
+        # Sharded layers gather collectively, so one process cannot generate alone; FSDP runs score loss only.
+        if self.dist.rank == 0 and self.config.validation.generate_samples and not self.sharded:
             metrics["accuracy"] = self._generation_accuracy()
         self.dist.barrier()
         if self.dist.rank == 0:
