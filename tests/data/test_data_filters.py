@@ -28,6 +28,9 @@ def test_quality_reasons():
         "wrong_language:fr!=en"
     )
     assert quality_reason("La personne parle calmement de la météo et du temps qu'il fera demain.", "stop", "fr") is None
+    assert quality_reason("According to the description, the dog barks twice.", "stop", "en") == "mentions_description"
+    assert quality_reason("Based on the information in the audio, it is raining.", "stop", "en") is None
+    assert quality_reason("Here is a detailed description of the audio: a dog barks.", "stop", "en") is None
     assert quality_reason("The speaker is female.", "stop", "en") is None
     assert quality_reason("Female.", "stop", "fr") is None  # too short to judge the language
 

@@ -29,8 +29,10 @@ _REFUSAL = re.compile(
     re.IGNORECASE,
 )
 _MENTIONS_DESCRIPTION = re.compile(
-    r"\b(the (?:given |provided |text |seed )?description|the metadata|the (?:provided|given) text|"
-    r"the timestamp(?:s)? (?:provided|given)|based on the (?:text|description|information) (?:provided|given))\b",
+    r"\b(the (?:given|provided|text|seed|audio) description|the description (?:provided|given|says|mentions|states|"
+    r"indicates|notes)|(?:according to|based on|from) the (?:description|metadata)\b|(?:according to|based on|from) "
+    r"the (?:text|information) (?:provided|given|above)|the metadata|the (?:provided|given) text|"
+    r"the timestamps? (?:provided|given))",
     re.IGNORECASE,
 )
 MIN_WORDS_FOR_LANGUAGE_ID = 6
