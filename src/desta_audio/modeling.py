@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ ADAPTER_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 ADAPTER_PREFIX = "perception.connector."  # the released checkpoint's key prefix
 NO_SPEECH_TRANSCRIPT = " "  # what the release feeds the LLM when VAD finds no speech
-ENCODER_BATCH = 8  # 30 s windows per encoder pass: bounds peak memory on long or many clips
+ENCODER_BATCH = 16  # 30 s windows per encoder or ASR pass: bounds peak memory on long or many clips
 
 
 class CheckpointError(ValueError):
@@ -377,18 +377,37 @@ class DeSTAModel(nn.Module):
         top_p: float = 0.9,
         seed: int | None = None,
         streamer: Any = None,
+        on_text: Sequence[Callable[[str], None] | None] | None = None,
+        on_start: Sequence[Callable[[list[str]], None] | None] | None = None,
         **generate_kwargs: Any,
     ) -> list[ChatReply]:
         """Answer a batch of conversations (each a list of messages; see `processing`). Greedy by default; the
         release's sampling settings are temperature 0.7, top_p 0.9. Extra keyword arguments go to the LLM's
-        `generate()` (e.g. `min_new_tokens`, `repetition_penalty`)."""
+        `generate()` (e.g. `min_new_tokens`, `repetition_penalty`).
+
+        on_text: one callback per conversation (or None) that receives its answer as it is generated, in deltas
+        that join to exactly the returned `text`. on_start: one callback per conversation (or None) called with
+        its transcripts once the audio is processed, before generation starts."""
         if isinstance(conversations, dict) or (conversations and isinstance(conversations[0], dict)):
             raise TypeError("chat() takes a list of conversations; wrap a single conversation in a list")
         if not conversations:
             return []
+        for name, hooks in (("on_text", on_text), ("on_start", on_start)):
+            if hooks is not None and len(hooks) != len(conversations):
+                raise ValueError(f"{name} has {len(hooks)} callbacks for {len(conversations)} conversations")
+        stops = end_of_turn_ids(self.tokenizer) | {self.pad_id}
+        if on_text is not None:
+            if streamer is not None:
+                raise ValueError("pass either streamer or on_text, not both")
+            from desta_audio.streaming import BatchedTextStreamer
+
+            streamer = BatchedTextStreamer(self.tokenizer, on_text, stops)
         self.eval()
         timings: dict[str, float] = {}
         batch, audio_tokens, transcripts = self.build_batch(conversations, timings=timings)
+        for callback, row_transcripts in zip(on_start or (), transcripts):
+            if callback is not None:
+                callback(list(row_transcripts))
         if seed is not None:
             torch.manual_seed(seed)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
@@ -403,7 +422,6 @@ class DeSTAModel(nn.Module):
             **{**self.generation_defaults(), **generate_kwargs},
         )
         timings["generate_s"] = time.perf_counter() - clock
-        stops = end_of_turn_ids(self.tokenizer) | {self.pad_id}
         replies = []
         for row, ids in enumerate(generated.tolist()):
             ids = _until_stop(ids, stops)
