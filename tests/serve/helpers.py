@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import re
 import socket
 import threading
 import time
@@ -98,3 +99,46 @@ def running_server(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+class StreamingFakeModel(FakeModel):
+    """A FakeModel whose `chat` streams like DeSTAModel's: transcripts through `on_start`, then the answer word by
+    word through `on_text`, one word per row per step.
+
+    hold: after the first step, wait until `resume` is set (a test sets it once it has seen the first delta, which
+    proves the delta left before generation finished); `resume_timed_out` tells if nobody did.
+    """
+
+    def __init__(self, *, hold: bool = False, token_delay_s: float = 0.0, fail_on: str | None = None) -> None:
+        super().__init__(fail_on=fail_on)
+        self.token_delay_s = token_delay_s
+        self.resume = threading.Event()
+        if not hold:
+            self.resume.set()
+        self.resume_timed_out = False
+        self.generating = 0  # batches inside chat() right now
+
+    def chat(self, conversations: list[list[dict[str, Any]]], *, on_text: Any = None, on_start: Any = None,
+             **generation: Any) -> list[FakeReply]:
+        with self._lock:
+            self.batches.append(len(conversations))
+            self.calls.append(generation)
+        if self.fail_on and any(self.fail_on in m["content"] for c in conversations for m in c):
+            raise RuntimeError("boom: a secret internal detail")
+        self.generating += 1
+        try:
+            replies = [self._answer(conversation) for conversation in conversations]
+            for hook, reply in zip(on_start or [], replies):
+                if hook is not None:
+                    hook(reply.transcripts)
+            pieces = [re.findall(r"\s*\S+|\s+", reply.text) for reply in replies]
+            for step in range(max(map(len, pieces))):
+                for hook, words in zip(on_text or [], pieces):
+                    if hook is not None and step < len(words):
+                        hook(words[step])
+                if step == 0 and not self.resume.wait(10):
+                    self.resume_timed_out = True
+                time.sleep(self.token_delay_s)
+            return replies
+        finally:
+            self.generating -= 1

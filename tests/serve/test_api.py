@@ -77,7 +77,7 @@ def test_multi_turn_history(served):
     assert reply.choices[0].message.content == "roles=system,user,assistant,user last=[How long is it?] audio_samples=[4000]"
 
 
-def test_streaming_reassembles_the_answer(served):
+def test_streaming_from_a_model_without_hooks_sends_the_answer_when_its_batch_is_done(served):
     stream = client(served).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "stream me please"}], temperature=0, stream=True,
         stream_options={"include_usage": True},
@@ -85,7 +85,8 @@ def test_streaming_reassembles_the_answer(served):
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "roles=user last=[stream me please] audio_samples=[]"
-    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) == 1
+    assert [c.choices[0].delta.model_extra.get("transcripts") for c in chunks if c.choices][1] == []
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage.completion_tokens == len(text.split())
 

@@ -37,3 +37,24 @@ def test_concurrent_batched_answers_equal_sequential_ones(tiny):
     assert any(sequential)  # random weights still produce some tokens
     count = float(next(line.split()[-1] for line in metrics.splitlines() if line.startswith("desta_batch_size_count")))
     assert count < 8 + 16  # some of the 16 concurrent requests shared a batch
+
+
+def test_streamed_answers_equal_plain_ones_and_arrive_in_pieces(tiny):
+    settings = ServeSettings(model_id=MODEL, max_batch_size=16, batch_window_ms=30)
+    with running_server(create_app(tiny, settings)) as url:
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+        def plain(i: int) -> str:
+            return api.chat.completions.create(model=MODEL, messages=request(i), temperature=0,
+                                               max_tokens=16).choices[0].message.content
+
+        def streamed(i: int) -> list[str]:
+            chunks = api.chat.completions.create(model=MODEL, messages=request(i), temperature=0, max_tokens=16,
+                                                 stream=True)
+            return [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+
+        expected = [plain(i) for i in range(4)]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            pieces = list(pool.map(streamed, range(4)))
+    assert ["".join(p) for p in pieces] == expected
+    assert any(len(p) > 1 for p in pieces)  # token by token, not the whole answer at once

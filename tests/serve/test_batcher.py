@@ -131,3 +131,90 @@ def test_cancelled_requests_are_dropped_before_they_run():
 def test_invalid_settings_are_refused():
     with pytest.raises(ValueError, match="max_queue"):
         DynamicBatcher(Recorder(), max_queue=0)
+
+
+class StreamingRecorder:
+    """Streams each answer in two halves through the hooks; fails a whole batch that contains `fail_on`."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.fail_on = fail_on
+        self.batches: list[tuple[list[str], list[bool]]] = []
+
+    def __call__(self, conversations, params, *, on_text=None, on_start=None):
+        names = [c[0]["content"] for c in conversations]
+        self.batches.append((names, [hook is not None for hook in on_text or [None] * len(names)]))
+        for name, hook in zip(names, on_start or []):
+            if hook is not None:
+                hook([f"transcript of {name}"])
+        answers = [f"answer to {name}" for name in names]
+        for half in (0, 1):
+            for answer, hook in zip(answers, on_text or []):
+                if hook is not None:
+                    hook(answer[: len(answer) // 2] if half == 0 else answer[len(answer) // 2:])
+            if half == 0 and self.fail_on in names:
+                raise ValueError(f"cannot finish {self.fail_on}")  # after some text went out
+        return answers
+
+
+def _streams(batcher: DynamicBatcher, names: list[str], streaming: list[bool]):
+    received = {name: [] for name in names}
+    jobs = []
+    for name, streams in zip(names, streaming):
+        hooks = {"on_text": received[name].append, "on_start": received[name].append} if streams else {}
+        jobs.append(batcher.submit(ask(name), GREEDY, **hooks))
+    return jobs, received
+
+
+def test_streaming_and_plain_requests_share_a_batch_and_hooks_reach_the_chat_function():
+    chat = StreamingRecorder()
+
+    async def main():
+        batcher = DynamicBatcher(chat, max_batch_size=8, window_s=0.05)
+        await batcher.start()
+        jobs, received = _streams(batcher, ["a", "b", "c"], [True, False, True])
+        answers = await asyncio.gather(*jobs)
+        await batcher.stop()
+        return answers, received
+
+    answers, received = run(main())
+    assert answers == ["answer to a", "answer to b", "answer to c"]
+    assert chat.batches == [(["a", "b", "c"], [True, False, True])]
+    assert received["a"] == [["transcript of a"], "answe", "r to a"] and received["b"] == []
+
+
+def test_a_chat_function_without_hooks_still_serves_streaming_requests_after_the_batch():
+    class Reply:
+        def __init__(self, text: str) -> None:
+            self.text, self.transcripts = text, [f"heard {text}"]
+
+    def chat(conversations, params):  # no on_text / on_start parameters
+        return [Reply(c[0]["content"].upper()) for c in conversations]
+
+    async def main():
+        batcher = DynamicBatcher(chat, max_batch_size=8, window_s=0.05)
+        await batcher.start()
+        jobs, received = _streams(batcher, ["x", "y"], [True, False])
+        await asyncio.gather(*jobs)
+        await batcher.stop()
+        return received
+
+    assert run(main()) == {"x": [["heard X"], "X"], "y": []}
+
+
+def test_a_retried_batch_does_not_send_text_twice():
+    chat = StreamingRecorder(fail_on="bad")
+
+    async def main():
+        batcher = DynamicBatcher(chat, max_batch_size=8, window_s=0.05)
+        await batcher.start()
+        jobs, received = _streams(batcher, ["good", "bad"], [True, True])
+        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        await batcher.stop()
+        return outcomes, received
+
+    (good, bad), received = run(main())
+    assert good == "answer to good" and isinstance(bad, ValueError)
+    # "good" saw its first half in the failed batch; the retry adds only the rest, and on_start ran once.
+    assert received["good"] == [["transcript of good"], "answer ", "to good"]
+    assert "".join(received["bad"][1:]) == "answer"  # the text that went out before the failure
+    assert [names for names, _ in chat.batches] == [["good", "bad"], ["good"], ["bad"]]

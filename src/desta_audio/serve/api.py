@@ -3,16 +3,24 @@
 `create_app(model, settings)` builds the FastAPI app; `model` is anything with DeSTAModel's
 `chat(conversations, max_new_tokens=..., do_sample=..., temperature=..., top_p=...) -> list[ChatReply]`.
 
-Streaming (`stream: true`): requests are generated in batches, and a batched `generate` yields whole texts, so
-the answer is produced first and then sent as server-sent events, one chunk per word. Clients get the standard
-chunk format (and an exact final text); the first token does not arrive earlier than with `stream: false`.
+Streaming (`stream: true`): the request joins the same dynamic batches as the others (streaming and plain requests
+with equal sampling settings share a `generate` call). The model's `chat(..., on_text=..., on_start=...)` hooks
+run on the worker thread and hand each token's text to the event loop, so server-sent events go out while the
+batch is still generating. Events, in order: a role chunk at once; a chunk with the clip transcripts (extension
+field `delta.transcripts`, empty content) as soon as the audio is processed and the batch starts generating;
+content chunks as text becomes final; the finish chunk; a usage chunk when `stream_options.include_usage`; then
+`[DONE]`. The content chunks join to exactly the `stream: false` answer. `stop` strings are applied on the fly:
+text that may start a stop string is held back until the next token settles it. A full queue is refused with 503
+before the stream starts; failures after it has started (timeout, unusable audio, a model error) arrive as a
+`data: {"error": {...}}` event followed by `[DONE]`, as OpenAI does. A client that disconnects stops receiving;
+its batch-mates are not affected. A model whose `chat` has no such hooks is still served: its answer is sent
+in one content chunk when its batch is done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 import time
 import uuid
@@ -37,8 +45,10 @@ from desta_audio.serve.batcher import (
     DynamicBatcher,
     QueueFullError,
     SamplingParams,
+    accepts_stream_hooks,
 )
 from desta_audio.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
+from desta_audio.serve.stop_strings import StopStringFilter, apply_stop
 from desta_audio.serve.schemas import (
     AudioURLPart,
     ChatCompletion,
@@ -200,17 +210,20 @@ def sampling_params(request: ChatCompletionRequest, settings: ServeSettings) -> 
 
 
 def model_chat_function(model: Any) -> ChatFunction:
-    def chat(conversations: Sequence[Conversation], params: SamplingParams) -> Sequence[Any]:
-        return model.chat(list(conversations), **params.chat_kwargs())
+    if not accepts_stream_hooks(model.chat):
+        def chat(conversations: Sequence[Conversation], params: SamplingParams) -> Sequence[Any]:
+            return model.chat(list(conversations), **params.chat_kwargs())
 
-    return chat
+        return chat
+
+    def streaming_chat(conversations: Sequence[Conversation], params: SamplingParams, *,
+                       on_text: Sequence[Any] | None = None, on_start: Sequence[Any] | None = None) -> Sequence[Any]:
+        return model.chat(list(conversations), on_text=on_text, on_start=on_start, **params.chat_kwargs())
+
+    return streaming_chat
 
 
 # -- reply -> response ---------------------------------------------------------------------------------------
-def _apply_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    cut = min((text.find(stop) for stop in stops if stop in text), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
 
 def _count_completion_tokens(tokenizer: Any, reply: Any, text: str) -> int:
     token_ids = getattr(reply, "token_ids", None)
@@ -234,16 +247,57 @@ def _count_prompt_tokens(tokenizer: Any, conversation: Conversation) -> int:
         return 0
 
 
-_WORD_CHUNK = re.compile(r"\s*\S+|\s+")
-
-
-def split_for_streaming(text: str) -> list[str]:
-    """Word-sized deltas whose concatenation is exactly `text`."""
-    return _WORD_CHUNK.findall(text)
-
-
 def _sse(payload: ChatCompletionChunk) -> str:
     return f"data: {payload.model_dump_json(exclude_none=True)}\n\n"
+
+
+def _sse_error(error: APIError) -> str:
+    body = ErrorResponse(error=ErrorDetail(message=error.message, type=error.type, param=error.param, code=error.code))
+    return f"data: {body.model_dump_json()}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+def _generation_error(error: BaseException, settings: ServeSettings) -> APIError | None:
+    """The client-facing error for a request that failed in the queue or the model; None for an unexpected
+    failure (answered as a bare 500: its details stay in the server log)."""
+    if isinstance(error, QueueFullError):
+        return APIError(503, str(error) + "; retry shortly", type="server_error", code="server_busy",
+                        headers={"Retry-After": "1"})
+    if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
+        return APIError(504, f"no answer within the {settings.request_timeout_s:.0f} s request timeout; "
+                        "ask for fewer max_tokens or retry later", type="server_error", code="timeout")
+    if isinstance(error, BatcherClosedError):
+        return APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
+    if isinstance(error, AudioError):  # the model refused a clip (e.g. unusable audio found during generation)
+        return APIError(400, str(error), code="invalid_audio")
+    return None
+
+
+_INTERNAL_ERROR = APIError(500, "internal server error; see the server log", type="server_error")
+
+
+class _StreamChannel:
+    """Carries a streaming request's hooks from the worker thread to its response on the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.forwarding = True  # off once the response is over (finished, stopped, client gone)
+
+    def _hand_over(self, kind: str, value: Any) -> None:
+        if self.forwarding:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+
+    def on_text(self, delta: str) -> None:
+        self._hand_over("text", delta)
+
+    def on_start(self, transcripts: list[str]) -> None:
+        self._hand_over("start", list(transcripts))
+
+    def on_done(self, _: asyncio.Future) -> None:  # runs on the loop, after every hook call already handed over
+        self.events.put_nowait(("done", None))
 
 
 # -- app -----------------------------------------------------------------------------------------------------
@@ -397,8 +451,9 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
     async def chat_completions(body: ChatCompletionRequest) -> Response:
         started = time.perf_counter()
         status = 500
+        response: Response | None = None
         try:
-            response = await _complete(body)
+            response = await _complete(body, started)
             status = response.status_code
             return response
         except APIError as error:
@@ -406,10 +461,11 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
             raise
         finally:
             metrics.requests.labels(status=str(status)).inc()
-            if status == 200:
+            # A stream records its latency when its last event is out.
+            if status == 200 and not isinstance(response, StreamingResponse):
                 metrics.latency.observe(time.perf_counter() - started)
 
-    async def _complete(body: ChatCompletionRequest) -> Response:
+    async def _complete(body: ChatCompletionRequest, started: float) -> Response:
         if body.model != settings.model_id:
             raise APIError(
                 404, f"model {body.model!r} is not served here; this server serves {settings.model_id!r}",
@@ -422,50 +478,110 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
         params = sampling_params(body, settings)
         conversation, audio_seconds = await run_in_threadpool(request_to_conversation, body, policy)
         metrics.audio_seconds.inc(audio_seconds)
+        if body.stream:
+            return _stream(body, conversation, params, started)
         try:
             reply = await asyncio.wait_for(batcher.submit(conversation, params), timeout=settings.request_timeout_s)
-        except QueueFullError as error:
-            raise APIError(503, str(error) + "; retry shortly", type="server_error", code="server_busy",
-                           headers={"Retry-After": "1"}) from None
-        except (asyncio.TimeoutError, TimeoutError):
-            raise APIError(504, f"no answer within the {settings.request_timeout_s:.0f} s request timeout; "
-                           "ask for fewer max_tokens or retry later", type="server_error", code="timeout") from None
-        except BatcherClosedError:
-            raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down") from None
-        except AudioError as error:  # the model refused a clip (e.g. unusable audio found during generation)
-            raise APIError(400, str(error), code="invalid_audio") from None
+        except Exception as error:
+            known = _generation_error(error, settings)
+            if known is None:
+                raise
+            raise known from None
 
-        text, stopped = _apply_stop(reply.text, body.stop_sequences)
+        text, stopped = apply_stop(reply.text, body.stop_sequences)
+        completion_tokens, usage = await _usage(conversation, reply, text)
+        finish = _finish_reason(stopped, completion_tokens, params)
+        transcripts = list(getattr(reply, "transcripts", None) or [])
+        completion = ChatCompletion(
+            id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=settings.model_id, usage=usage,
+            choices=[Choice(message=ResponseMessage(content=text, transcripts=transcripts), finish_reason=finish)],
+        )
+        return JSONResponse(completion.model_dump())
+
+    async def _usage(conversation: Conversation, reply: Any, text: str) -> tuple[int, Usage]:
         completion_tokens = await run_in_threadpool(_count_completion_tokens, tokenizer, reply, text)
         prompt_tokens = await run_in_threadpool(_count_prompt_tokens, tokenizer, conversation)
         metrics.completion_tokens.inc(completion_tokens)
-        finish = "length" if not stopped and completion_tokens >= params.max_new_tokens else "stop"
-        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                      total_tokens=prompt_tokens + completion_tokens)
-        transcripts = list(getattr(reply, "transcripts", None) or [])
+        return completion_tokens, Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                        total_tokens=prompt_tokens + completion_tokens)
+
+    def _finish_reason(stopped: bool, completion_tokens: int, params: SamplingParams) -> str:
+        return "length" if not stopped and completion_tokens >= params.max_new_tokens else "stop"
+
+    def _stream(body: ChatCompletionRequest, conversation: Conversation, params: SamplingParams,
+                started: float) -> StreamingResponse:
+        """Queue the request (a full queue still gets its 503 here) and answer with its event stream."""
+        loop = asyncio.get_running_loop()
+        channel = _StreamChannel(loop)
+        try:
+            future = batcher.enqueue(conversation, params, on_text=channel.on_text, on_start=channel.on_start)
+        except (QueueFullError, BatcherClosedError) as error:
+            raise _generation_error(error, settings) from None  # type: ignore[misc]
+        future.add_done_callback(channel.on_done)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         now = int(time.time())
-        if not body.stream:
-            completion = ChatCompletion(
-                id=completion_id, created=now, model=settings.model_id, usage=usage,
-                choices=[Choice(message=ResponseMessage(content=text, transcripts=transcripts), finish_reason=finish)],
-            )
-            return JSONResponse(completion.model_dump())
-
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        deadline = loop.time() + settings.request_timeout_s
 
         def chunk(delta: Delta, finish_reason: str | None = None) -> str:
             return _sse(ChatCompletionChunk(id=completion_id, created=now, model=settings.model_id,
                                             choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)]))
 
         async def events() -> AsyncIterator[str]:
-            yield chunk(Delta(role="assistant", content="", transcripts=transcripts))
-            for piece in split_for_streaming(text):
-                yield chunk(Delta(content=piece))
-            yield chunk(Delta(), finish)
-            if include_usage:
-                yield _sse(ChatCompletionChunk(id=completion_id, created=now, model=settings.model_id, choices=[], usage=usage))
-            yield "data: [DONE]\n\n"
+            stop_filter = StopStringFilter(body.stop_sequences)
+            received = ""  # the model's text so far, before stop strings
+            transcripts_sent = False
+            try:
+                yield chunk(Delta(role="assistant", content=""))
+                while True:
+                    try:
+                        kind, value = await asyncio.wait_for(channel.events.get(), max(0.0, deadline - loop.time()))
+                    except (asyncio.TimeoutError, TimeoutError) as error:
+                        yield _sse_error(_generation_error(error, settings) or _INTERNAL_ERROR)
+                        yield SSE_DONE
+                        return
+                    if kind == "start" and not transcripts_sent:
+                        transcripts_sent = True
+                        yield chunk(Delta(content="", transcripts=value))
+                    elif kind == "text":
+                        received += value
+                        piece = stop_filter.feed(value)
+                        if piece:
+                            yield chunk(Delta(content=piece))
+                        if stop_filter.stopped:
+                            break  # finish now; the batch goes on generating for the others
+                    elif kind == "done":
+                        break
+                reply = None
+                if not stop_filter.stopped:
+                    error = future.exception()
+                    if error is not None:
+                        yield _sse_error(_generation_error(error, settings) or _INTERNAL_ERROR)
+                        yield SSE_DONE
+                        return
+                    reply = future.result()
+                    # The reply is the reference: send whatever of it the hooks did not (e.g. a model without them).
+                    final = str(reply.text)
+                    if final.startswith(received):
+                        rest = stop_filter.feed(final[len(received):])
+                    else:
+                        logger.warning("the streamed text differs from the final answer; keeping what was sent")
+                        rest = ""
+                    rest += stop_filter.flush()
+                    late_transcripts = None if transcripts_sent else list(getattr(reply, "transcripts", None) or [])
+                    if rest or late_transcripts is not None:
+                        yield chunk(Delta(content=rest, transcripts=late_transcripts))
+                completion_tokens, usage = await _usage(conversation, reply, stop_filter.sent)
+                yield chunk(Delta(), _finish_reason(stop_filter.stopped, completion_tokens, params))
+                if include_usage:
+                    yield _sse(ChatCompletionChunk(id=completion_id, created=now, model=settings.model_id,
+                                                   choices=[], usage=usage))
+                yield SSE_DONE
+                metrics.latency.observe(time.perf_counter() - started)
+            finally:
+                channel.forwarding = False
+                if not future.done():
+                    future.cancel()  # drops the request if its batch has not started; a running one finishes
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

@@ -6,12 +6,18 @@ window for companions with the *same* sampling parameters (greedy ones together)
 batches at once. While a batch runs, new requests pile up (up to `max_queue`) and form the next batch, which is
 where the throughput comes from. A full queue is refused at once (`QueueFullError`) instead of growing without
 bound.
+
+Streaming: a request may carry `on_text(delta)` and `on_start(transcripts)` hooks, called on the worker thread.
+A chat function that takes `on_text` / `on_start` keyword arguments (one callback or None per conversation)
+streams token by token; streaming and non-streaming requests with the same sampling parameters still share a
+batch. With any other chat function the hooks are called once per request after its batch, with the whole answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,7 +50,20 @@ class SamplingParams:
         return kwargs
 
 
-ChatFunction = Callable[[Sequence[Conversation], SamplingParams], Sequence[Any]]
+ChatFunction = Callable[..., Sequence[Any]]  # (conversations, params[, *, on_text=..., on_start=...]) -> replies
+TextHook = Callable[[str], None]
+StartHook = Callable[[list[str]], None]
+STREAMING_HOOKS = ("on_text", "on_start")
+
+
+def accepts_stream_hooks(function: Callable[..., Any]) -> bool:
+    """True when `function` names both streaming hooks as parameters (a catch-all **kwargs does not count:
+    a function that swallows unknown arguments would silently never stream)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return all(name in parameters for name in STREAMING_HOOKS)
 
 
 class QueueFullError(RuntimeError):
@@ -55,12 +74,49 @@ class BatcherClosedError(RuntimeError):
     """The server is shutting down."""
 
 
+class _StreamRelay:
+    """A job's streaming hooks, safe to drive more than once: when a failed batch is retried one conversation at
+    a time, the start hook does not run twice and text the consumer already has is not sent again."""
+
+    def __init__(self, on_text: TextHook | None, on_start: StartHook | None) -> None:
+        self._on_text, self._on_start = on_text, on_start
+        self.started = False
+        self.sent = ""  # all text handed to on_text
+        self._attempt = ""  # text of the current attempt
+
+    def new_attempt(self) -> None:
+        self._attempt = ""
+
+    def start(self, transcripts: list[str]) -> None:
+        if self.started:
+            return
+        self.started = True
+        if self._on_start is not None:
+            self._call(self._on_start, list(transcripts))
+
+    def text(self, delta: str) -> None:
+        self._attempt += delta
+        if len(self._attempt) <= len(self.sent) or not self._attempt.startswith(self.sent):
+            return  # a retry still replaying what was sent (or, when sampling, saying something else)
+        fresh, self.sent = self._attempt[len(self.sent):], self._attempt
+        if self._on_text is not None:
+            self._call(self._on_text, fresh)
+
+    @staticmethod
+    def _call(hook: Callable[[Any], None], value: Any) -> None:
+        try:
+            hook(value)
+        except Exception as error:  # a consumer that went away must not fail the batch
+            logger.warning("a streaming hook failed: %r", error)
+
+
 @dataclass(eq=False)
 class _Job:
     conversation: Conversation
     params: SamplingParams
     future: asyncio.Future
     enqueued_at: float
+    stream: _StreamRelay | None = None
 
 
 class DynamicBatcher:
@@ -79,6 +135,7 @@ class DynamicBatcher:
                 f"window_s ({window_s}) >= 0"
             )
         self._chat = chat
+        self._chat_streams = accepts_stream_hooks(chat)
         self.max_batch_size = max_batch_size
         self.window_s = window_s
         self.max_queue = max_queue
@@ -125,9 +182,19 @@ class DynamicBatcher:
         """Requests in the batch being generated now."""
         return self._running
 
-    async def submit(self, conversation: Conversation, params: SamplingParams) -> Any:
-        """Queue one conversation and wait for its reply. Cancelling the caller drops the request if it has
-        not started yet (a request already in a running batch finishes and its reply is discarded)."""
+    def enqueue(
+        self,
+        conversation: Conversation,
+        params: SamplingParams,
+        *,
+        on_text: TextHook | None = None,
+        on_start: StartHook | None = None,
+    ) -> asyncio.Future:
+        """Queue one conversation (call on the batcher's event loop) and return the future of its reply.
+        Raises QueueFullError at once when the queue is full. Cancelling the future drops the request if it has
+        not started yet (a request already in a running batch finishes and its reply is discarded).
+
+        on_text / on_start: streaming hooks, called on the worker thread (see the module docstring)."""
         if self._collector is None or self._arrival is None or self._loop is None:
             raise BatcherClosedError("the batcher is not running; call start() first")
         self._pending = [job for job in self._pending if not job.future.done()]
@@ -135,10 +202,15 @@ class DynamicBatcher:
             raise QueueFullError(
                 f"the server is busy: {len(self._pending)} requests are already waiting (max_queue={self.max_queue})"
             )
-        job = _Job(conversation, params, self._loop.create_future(), self._loop.time())
+        stream = _StreamRelay(on_text, on_start) if on_text is not None or on_start is not None else None
+        job = _Job(conversation, params, self._loop.create_future(), self._loop.time(), stream)
         self._pending.append(job)
         self._arrival.set()
-        return await job.future
+        return job.future
+
+    async def submit(self, conversation: Conversation, params: SamplingParams, **hooks: Any) -> Any:
+        """Queue one conversation and wait for its reply (see `enqueue`); cancelling the caller cancels it."""
+        return await self.enqueue(conversation, params, **hooks)
 
     def submit_threadsafe(self, conversation: Conversation, params: SamplingParams) -> concurrent.futures.Future:
         """Submit from another thread (e.g. the web demo's handlers); returns a concurrent future."""
@@ -175,8 +247,11 @@ class DynamicBatcher:
         if self._on_batch is not None:
             self._on_batch(len(batch))
         conversations = [job.conversation for job in batch]
+        streams = [job.stream for job in batch]
         try:
-            outcomes = await self._loop.run_in_executor(self._executor, self._generate, conversations, batch[0].params)
+            outcomes = await self._loop.run_in_executor(
+                self._executor, self._generate, conversations, batch[0].params, streams
+            )
         except Exception as error:  # the executor itself failed (e.g. shut down): fail the whole batch
             outcomes = [error] * len(batch)
         finally:
@@ -189,17 +264,40 @@ class DynamicBatcher:
             else:
                 job.future.set_result(outcome)
 
-    def _generate(self, conversations: list[Conversation], params: SamplingParams) -> list[Any]:
+    def _generate(
+        self, conversations: list[Conversation], params: SamplingParams, streams: list[_StreamRelay | None]
+    ) -> list[Any]:
         """Runs on the worker thread. One failing conversation must not fail its batch-mates, so a failed
         batch is retried one conversation at a time to find the culprit."""
         try:
-            replies = list(self._chat(conversations, params))
+            replies = list(self._call_chat(conversations, params, streams))
             if len(replies) != len(conversations):
                 raise RuntimeError(f"chat returned {len(replies)} replies for {len(conversations)} conversations")
-            return replies
         except Exception as error:
             if len(conversations) == 1:
                 logger.exception("generation failed")
                 return [error]
             logger.warning("a batch of %d failed (%s); retrying one by one", len(conversations), error)
-            return [self._generate([conversation], params)[0] for conversation in conversations]
+            return [self._generate([c], params, [s])[0] for c, s in zip(conversations, streams)]
+        if not self._chat_streams:
+            # The chat function cannot stream: hand each streaming request its whole answer now.
+            for stream, reply in zip(streams, replies):
+                if stream is not None:
+                    stream.start(list(getattr(reply, "transcripts", None) or []))
+                    stream.text(str(getattr(reply, "text", "")))
+        return replies
+
+    def _call_chat(
+        self, conversations: list[Conversation], params: SamplingParams, streams: list[_StreamRelay | None]
+    ) -> Sequence[Any]:
+        if not self._chat_streams or all(stream is None for stream in streams):
+            return self._chat(conversations, params)
+        for stream in streams:
+            if stream is not None:
+                stream.new_attempt()
+        return self._chat(
+            conversations,
+            params,
+            on_text=[stream.text if stream is not None else None for stream in streams],
+            on_start=[stream.start if stream is not None else None for stream in streams],
+        )
