@@ -63,8 +63,27 @@ def test_audio_question_gets_transcript_and_answer(api, clips):
 
 def test_streaming_equals_the_plain_answer(api, clips):
     content = [audio_part(clips["numbers"].read_bytes()), {"type": "text", "text": "Repeat what you heard."}]
-    plain = ask(api, content).choices[0].message.content
-    streamed = "".join(c.choices[0].delta.content or "" for c in ask(api, content, stream=True) if c.choices)
+    plain = ask(api, content).choices[0].message
+    chunks = [c for c in ask(api, content, stream=True) if c.choices]
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    assert "".join(pieces) == plain.content
+    assert len(pieces) > 1  # token by token
+    assert chunks[1].choices[0].delta.model_extra["transcripts"] == plain.model_extra["transcripts"]
+
+
+def test_concurrent_streams_equal_plain_answers(api, clips):
+    questions = ["What did the speaker say?", "Name a primary colour.", "How many words were spoken?"]
+
+    def content(i: int):
+        if i == 1:
+            return questions[i]
+        return [audio_part(clips["weather" if i else "numbers"].read_bytes()), {"type": "text", "text": questions[i]}]
+
+    plain = [ask(api, content(i)).choices[0].message.content for i in range(3)]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        streamed = list(pool.map(
+            lambda i: "".join(c.choices[0].delta.content or "" for c in ask(api, content(i), stream=True) if c.choices),
+            range(3)))
     assert streamed == plain
 
 

@@ -88,7 +88,8 @@ def test_streaming_and_plain_requests_share_a_batch():
                                                              stream=True))
 
         def plain(text: str) -> str:
-            return api.chat.completions.create(model=MODEL, messages=user(text), temperature=0).choices[0].message.content
+            reply = api.chat.completions.create(model=MODEL, messages=user(text), temperature=0)
+            return reply.choices[0].message.content
 
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             blocker = pool.submit(streamed, "first")  # holds the worker while the others queue up
