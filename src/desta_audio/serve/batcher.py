@@ -208,9 +208,16 @@ class DynamicBatcher:
         self._arrival.set()
         return job.future
 
-    async def submit(self, conversation: Conversation, params: SamplingParams, **hooks: Any) -> Any:
+    async def submit(
+        self,
+        conversation: Conversation,
+        params: SamplingParams,
+        *,
+        on_text: TextHook | None = None,
+        on_start: StartHook | None = None,
+    ) -> Any:
         """Queue one conversation and wait for its reply (see `enqueue`); cancelling the caller cancels it."""
-        return await self.enqueue(conversation, params, **hooks)
+        return await self.enqueue(conversation, params, on_text=on_text, on_start=on_start)
 
     def submit_threadsafe(self, conversation: Conversation, params: SamplingParams) -> concurrent.futures.Future:
         """Submit from another thread (e.g. the web demo's handlers); returns a concurrent future."""
