@@ -1,12 +1,13 @@
 """Serving throughput: requests/s and p50/p95 latency at several client concurrencies, in one run.
 
-    python benchmarks/bench_serve.py                           # desta-tiny, 1 (sequential) / 4 / 16 clients
+    python benchmarks/bench_serve.py                           # desta-tiny: sequential, then 1 / 4 / 16 clients
     python benchmarks/bench_serve.py --model desta-mini --max-tokens 32 --concurrency 1 4 16
 
 Starts `desta serve` as a subprocess on a free loopback port (so the clients do not share its interpreter), sends
 the same mix of requests (a spoken clip + a question, greedy, `max_tokens` answer; every fourth request text-only)
-with the official openai client from N threads, and prints a markdown table. Concurrency 1 is the sequential
-client: one request after another, each waiting for the previous answer; the speedup column is against it.
+with the official openai client from N threads, and prints a markdown table. The sequential client sends the same
+requests one after another from the main thread, each waiting for the previous answer; the speedup column is
+against it, and each level's greedy answers are compared with the sequential ones.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def free_port() -> int:
 
 def start_server(model: str, port: int, max_batch: int, log: Path) -> subprocess.Popen:
     command = [sys.executable, "-c", "from desta_audio.cli import main; main()", "serve", "--model", model,
-               "--port", str(port), "--max-batch", str(max_batch), "--max-queue", "256", "--log-level", "warning"]
+               "--port", str(port), "--max-batch", str(max_batch), "--max-queue", "256", "--request-timeout", "600",
+               "--log-level", "warning"]
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -91,22 +93,28 @@ def wait_ready(url: str, server: subprocess.Popen, log: Path, timeout_s: float =
 
 
 def run_level(client, model: str, clips: list[bytes], concurrency: int, requests: int, max_tokens: int) -> dict:
-    def one(i: int) -> float:
+    """`concurrency` 0 is the sequential client (a plain loop); otherwise that many client threads."""
+    def one(i: int) -> tuple[float, str]:
         started = time.perf_counter()
-        client.chat.completions.create(model=model, messages=request(i, clips), temperature=0, max_tokens=max_tokens)
-        return time.perf_counter() - started
+        reply = client.chat.completions.create(model=model, messages=request(i, clips), temperature=0,
+                                               max_tokens=max_tokens)
+        return time.perf_counter() - started, reply.choices[0].message.content
 
     started = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        latencies = list(pool.map(one, range(requests)))
+    if concurrency == 0:
+        results = [one(i) for i in range(requests)]
+    else:
+        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(one, range(requests)))
     wall = time.perf_counter() - started
-    ordered = sorted(latencies)
+    ordered = sorted(latency for latency, _ in results)
     return {
         "clients": concurrency,
         "requests": requests,
         "rps": requests / wall,
         "p50": statistics.median(ordered),
         "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+        "answers": [answer for _, answer in results],
     }
 
 
@@ -135,23 +143,27 @@ def main() -> None:
         try:
             client = openai.OpenAI(base_url=f"{url}/v1", api_key=os.environ.get("DESTA_API_KEY", "unused"),
                                    max_retries=0, timeout=600)
-            run_level(client, args.model, clips, 1, 2, args.max_tokens)  # warm-up: first-call allocations
-            rows = [run_level(client, args.model, clips, c, max(args.requests, 2 * c), args.max_tokens)
-                    for c in args.concurrency]
+            run_level(client, args.model, clips, 0, 2, args.max_tokens)  # warm-up: first-call allocations
+            # Every level sends the same requests (same indices), so greedy answers can be compared one to one.
+            requests = max([args.requests] + [2 * c for c in args.concurrency])
+            rows = [run_level(client, args.model, clips, c, requests, args.max_tokens)
+                    for c in [0, *args.concurrency]]
         finally:
             if server is not None:
                 server.terminate()
                 server.wait(timeout=60)
 
-    baseline = next((row["rps"] for row in rows if row["clients"] == 1), rows[0]["rps"])
-    print(f"\nmodel {args.model}, {args.max_tokens} new tokens (greedy), max batch {args.max_batch}, "
+    sequential = rows[0]
+    print(f"\nmodel {args.model}, {requests} requests per row ({requests - requests // 4} with a spoken clip + ASR, "
+          f"{requests // 4} text-only), {args.max_tokens} new tokens (greedy), max batch {args.max_batch}, "
           f"{os.cpu_count()} CPU cores\n")
-    print("| clients | requests | requests/s | p50 latency (s) | p95 latency (s) | vs sequential |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| clients | requests/s | p50 s | p95 s | speedup vs sequential | answers = sequential |")
+    print("|---|---:|---:|---:|---:|---:|")
     for row in rows:
-        label = f"{row['clients']} (sequential)" if row["clients"] == 1 else str(row["clients"])
-        print(f"| {label} | {row['requests']} | {row['rps']:.2f} | {row['p50']:.2f} | {row['p95']:.2f} | "
-              f"{row['rps'] / baseline:.2f}x |")
+        label = "sequential" if row["clients"] == 0 else f"{row['clients']} concurrent"
+        matched = sum(a == b for a, b in zip(row["answers"], sequential["answers"]))
+        print(f"| {label} | {row['rps']:.2f} | {row['p50']:.2f} | {row['p95']:.2f} | "
+              f"{row['rps'] / sequential['rps']:.2f}x | {matched}/{row['requests']} |")
 
 
 if __name__ == "__main__":
