@@ -89,11 +89,16 @@ def test_records_have_schema_provenance_and_load_with_datasets(speech_manifest, 
     assert "Gender:" in record.seed_description
     import datasets
 
-    loaded = datasets.load_dataset(str(out), split="train")  # the card's configs point at data/ only
+    # The card's configs point at data/ only. (A private cache dir: datasets may reuse a cached copy of another
+    # folder with the same name, since the card's file patterns are relative.)
+    loaded = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf"))
     assert len(loaded) == summary.kept
+    by_files = datasets.load_dataset("json", data_files=str(out / "data" / "shard-*.jsonl"), split="train",
+                                     cache_dir=str(tmp_path / "hf"))  # fmt: skip
+    assert sorted(by_files["key"]) == sorted(loaded["key"])
     assert set(loaded.column_names) >= {"id", "dataset", "seed_description", "prompt", "response", "messages"}
     if summary.quarantined:
-        rejected = datasets.load_dataset(str(out), "quarantine", split="train")
+        rejected = datasets.load_dataset(str(out), "quarantine", split="train", cache_dir=str(tmp_path / "hf"))
         assert len(rejected) == summary.quarantined and all(rejected["quarantine_reason"])
 
 
