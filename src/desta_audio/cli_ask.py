@@ -33,8 +33,13 @@ _max_seconds_option = typer.Option(DEFAULT_MAX_SECONDS, "--max-audio-seconds", h
 
 
 def _load(model: str, asr: bool, device: Optional[str], dtype: Optional[str]) -> Any:
+    from transformers.utils import logging as transformers_logging
+
     from desta_audio.modeling import DeSTAModel
 
+    # Weight-loading bars and generation-config deprecation notes are noise for someone asking a question.
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
     with _status(f"Loading {model}"):
         return DeSTAModel.from_pretrained(model, asr=asr, device=device, dtype=dtype)
 

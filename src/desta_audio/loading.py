@@ -56,7 +56,7 @@ def load_model(
 
         model.load_adapter_state_dict(load_file(str(adapter_dir / ADAPTER_FILE)))
     else:
-        log.warning("%s has no trained adapter weights: answers will not reflect the audio", reference)
+        log.warning("%s has no trained adapter yet: answers use the transcript, not the sound itself", reference)
     return model.to(device).eval()
 
 
