@@ -26,7 +26,6 @@ from desta_audio.processing import (
     Encoded,
     audio_refs,
     collate,
-    end_of_turn_ids,
 )
 from desta_audio.qformer import QFormerConnector
 
@@ -265,6 +264,23 @@ class DeSTAModel(nn.Module):
             texts += [t.strip() for t in self.whisper_tokenizer.batch_decode(ids, skip_special_tokens=True)]
         return texts
 
+    def resolve_transcripts(self, given: list[str | None], arrays: list[np.ndarray], windows_per_audio: list[int],
+                            encoder_states: torch.Tensor) -> list[str]:
+        """One transcript per audio: the caller's when given; otherwise ASR on the audio's windows (batched over all
+        audios, reusing `encoder_states`) when VAD finds speech; otherwise the release's blank transcript."""
+        transcripts = [text if text is not None else NO_SPEECH_TRANSCRIPT for text in given]
+        if not self.use_asr:
+            return transcripts
+        speech = [i for i, text in enumerate(given) if text is None and self._has_speech(arrays[i])]
+        offsets = np.cumsum([0] + list(windows_per_audio))
+        asr_windows = [j for i in speech for j in range(offsets[i], offsets[i + 1])]
+        if asr_windows:
+            by_window = dict(zip(asr_windows, self.transcribe_windows(encoder_states[asr_windows])))
+            for i in speech:
+                joined = " ".join(by_window[j] for j in range(offsets[i], offsets[i + 1]) if by_window[j])
+                transcripts[i] = joined or NO_SPEECH_TRANSCRIPT
+        return transcripts
+
     def prepare_audios(self, refs: list, timings: dict[str, float] | None = None) -> list[PreparedAudio]:
         """Load every audio, run the encoder over all their windows in batches, transcribe where needed."""
         timings = timings if timings is not None else {}
@@ -281,25 +297,10 @@ class DeSTAModel(nn.Module):
         timings["encode_s"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        transcripts = [ref.text for ref in refs]
-        needs_asr = [i for i, ref in enumerate(refs) if ref.text is None]
-        if not self.use_asr:
-            for i in needs_asr:
-                transcripts[i] = NO_SPEECH_TRANSCRIPT
-            needs_asr = []
-        speech = [i for i in needs_asr if self._has_speech(arrays[i])]
-        for i in set(needs_asr) - set(speech):
-            transcripts[i] = NO_SPEECH_TRANSCRIPT
-        offsets = np.cumsum([0] + [len(w) for w in windows])
-        asr_windows = [j for i in speech for j in range(offsets[i], offsets[i + 1])]
-        if asr_windows:
-            texts = self.transcribe_windows(finals[asr_windows])
-            by_window = dict(zip(asr_windows, texts))
-            for i in speech:
-                joined = " ".join(by_window[j] for j in range(offsets[i], offsets[i + 1]) if by_window[j])
-                transcripts[i] = joined or NO_SPEECH_TRANSCRIPT
+        transcripts = self.resolve_transcripts([ref.text for ref in refs], arrays, [len(w) for w in windows], finals)
         timings["asr_s"] = time.perf_counter() - clock
 
+        offsets = np.cumsum([0] + [len(w) for w in windows])
         return [self.prepared_audio(tokens[offsets[i]:offsets[i + 1]], transcripts[i]) for i in range(len(refs))]
 
     def prepared_audio(self, window_tokens: torch.Tensor, transcript: str) -> PreparedAudio:
@@ -362,7 +363,7 @@ class DeSTAModel(nn.Module):
 
     def generation_defaults(self) -> dict[str, Any]:
         return {
-            "eos_token_id": sorted(end_of_turn_ids(self.tokenizer)),
+            "eos_token_id": sorted(self.conversations.end_of_turn_ids),
             "pad_token_id": self.pad_id,
         }
 
@@ -395,7 +396,7 @@ class DeSTAModel(nn.Module):
         for name, hooks in (("on_text", on_text), ("on_start", on_start)):
             if hooks is not None and len(hooks) != len(conversations):
                 raise ValueError(f"{name} has {len(hooks)} callbacks for {len(conversations)} conversations")
-        stops = end_of_turn_ids(self.tokenizer) | {self.pad_id}
+        stops = self.conversations.end_of_turn_ids | {self.pad_id}
         if on_text is not None:
             if streamer is not None:
                 raise ValueError("pass either streamer or on_text, not both")

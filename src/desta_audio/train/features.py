@@ -207,20 +207,7 @@ def encode_taps(model: Any, windows: list[np.ndarray], *, grad: bool = False) ->
 def transcripts_for(model: Any, items: Sequence[Any], arrays: list[np.ndarray], windows_per_item: list[int],
                     features: torch.Tensor, final: torch.Tensor) -> list[str]:
     """The record's transcript where it has one; otherwise ASR (if the model has it) or the blank transcript."""
-    from desta_audio.modeling import NO_SPEECH_TRANSCRIPT
-
-    texts: list[str] = []
-    offsets = np.cumsum([0] + windows_per_item)
-    for i, item in enumerate(items):
-        if item.text is not None:
-            texts.append(item.text)
-        elif model.use_asr and model._has_speech(arrays[i]):
-            span = slice(int(offsets[i]), int(offsets[i + 1]))
-            parts = model.transcribe_windows(final[span])
-            texts.append(" ".join(p for p in parts if p) or NO_SPEECH_TRANSCRIPT)
-        else:
-            texts.append(NO_SPEECH_TRANSCRIPT)
-    return texts
+    return model.resolve_transcripts([item.text for item in items], arrays, windows_per_item, final)
 
 
 def fill_cache(model: Any, cache: FeatureCache, items: Sequence[Any], *, encoder_batch: int = 8,
