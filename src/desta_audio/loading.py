@@ -95,9 +95,9 @@ def build_model(config: DeSTAConfig, encoder_path: str | Path, llm_path: str | P
     whisper_tokenizer = AutoTokenizer.from_pretrained(str(encoder_path)) if asr else None
     vad = None
     if asr:
-        from silero_vad import load_silero_vad
+        from desta_audio.vad import load_vad
 
-        vad = load_silero_vad()
+        vad = load_vad()
     with torch.random.fork_rng():
         torch.manual_seed(UNTRAINED_SEED)
         model = DeSTAModel(config, whisper=whisper, llm=llm_model, tokenizer=tokenizer,

@@ -246,9 +246,9 @@ class DeSTAModel(nn.Module):
     def _has_speech(self, audio: np.ndarray) -> bool:
         if self.vad is None:
             return True
-        from silero_vad import get_speech_timestamps
+        from desta_audio.vad import speech_timestamps
 
-        return bool(get_speech_timestamps(torch.from_numpy(audio), self.vad, sampling_rate=SAMPLE_RATE))
+        return bool(speech_timestamps(audio, self.vad))
 
     def transcribe_windows(self, encoder_states: torch.Tensor) -> list[str]:
         """Greedy Whisper transcripts (language detected, no timestamps) from the encoder pass already made."""

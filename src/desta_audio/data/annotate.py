@@ -162,13 +162,11 @@ class VadAnnotator(Annotator):
         self._model = None
 
     def __call__(self, clip: Clip) -> dict[str, Any]:
-        import torch
-        from silero_vad import get_speech_timestamps, load_silero_vad
+        from desta_audio.vad import load_vad, speech_timestamps
 
         if self._model is None:
-            self._model = load_silero_vad()
-        stamps = get_speech_timestamps(torch.from_numpy(clip.audio), self._model, sampling_rate=SAMPLE_RATE,
-                                       return_seconds=True)  # fmt: skip
+            self._model = load_vad()
+        stamps = speech_timestamps(clip.audio, self._model, seconds=True)
         segments = [[round(float(s["start"]), 2), round(float(s["end"]), 2)] for s in stamps]
         return {"speech_segments": segments, "speech_seconds": round(sum(e - s for s, e in segments), 2)}
 
