@@ -38,6 +38,9 @@ CONFIG_FILE = "config.json"
 ADAPTER_PREFIX = "perception.connector."  # the released checkpoint's key prefix
 NO_SPEECH_TRANSCRIPT = " "  # what the release feeds the LLM when VAD finds no speech
 ENCODER_BATCH = 16  # 30 s windows per encoder or ASR pass: bounds peak memory on long or many clips
+# On a CPU the encoder is compute-bound and a single window per pass is the fastest per window (cache-friendly):
+# Whisper-base on 2 cores, 454 ms per window alone, 512 in passes of 8, 700 in passes of 16.
+CPU_ENCODER_PASS = 1
 
 
 class CheckpointError(ValueError):
@@ -60,6 +63,14 @@ class WhisperPerception(nn.Module):
 
     def encode(self, features: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """features (windows, mels, 3000) -> (taps: list of (windows, 1500, d), final encoder states)."""
+        step = CPU_ENCODER_PASS if features.device.type == "cpu" else len(features)
+        if len(features) <= step:
+            return self._encode(features)
+        parts = [self._encode(features[start:start + step]) for start in range(0, len(features), step)]
+        taps = [torch.cat([part[0][i] for part in parts]) for i in range(len(self.tap_layers))]
+        return taps, torch.cat([part[1] for part in parts])
+
+    def _encode(self, features: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         captured: dict[int, torch.Tensor] = {}
 
         def keep(index: int):
@@ -200,10 +211,17 @@ class DeSTAModel(nn.Module):
                 "adapter checkpoint does not match this model (check qformer_num_hidden_layers, prompt_size, "
                 "target_layer_ids, the encoder and the LLM): " + "; ".join(d for d in details if d)
             )
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
         with torch.no_grad():
             parameters = dict(self.named_parameters())
             for name, tensor in state.items():
-                parameters[name].copy_(tensor.to(parameters[name].dtype))
+                target = parameters[name]
+                value = tensor.to(target.dtype)
+                if isinstance(target, DTensor):  # an FSDP-sharded weight: keep this process's shard
+                    value = distribute_tensor(value.to(target.device), target.device_mesh, target.placements,
+                                              src_data_rank=None)
+                target.copy_(value)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write config.json and the adapter-only model.safetensors in the released layout."""

@@ -46,16 +46,28 @@ def encoder_state_dict(model: Any) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad and name not in released}
 
 
-def save_adapter(model: Any, directory: str | Path) -> Path:
-    """config.json + model.safetensors (+ encoder.safetensors when the encoder was trained)."""
+def trained_tensors(model: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(released, encoder) weights as whole tensors. Collective under FSDP: every process calls it, since sharded
+    LLM weights (LoRA) are gathered."""
+    from torch.distributed.tensor import DTensor
+
+    def whole(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: (v.full_tensor() if isinstance(v, DTensor) else v).contiguous().cpu() for k, v in tensors.items()}
+
+    return whole(released_state_dict(model)), whole(encoder_state_dict(model))
+
+
+def save_adapter(model: Any, directory: str | Path,
+                 tensors: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None) -> Path:
+    """config.json + model.safetensors (+ encoder.safetensors when the encoder was trained). Under FSDP pass the
+    `trained_tensors` every process gathered."""
     from safetensors.torch import save_file
 
+    released, extra = tensors if tensors is not None else trained_tensors(model)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(directory)
-    save_file({k: v.contiguous().cpu() for k, v in released_state_dict(model).items()}, str(directory / ADAPTER_FILE),
-              metadata={"format": "pt"})
-    extra = encoder_state_dict(model)
+    save_file(released, str(directory / ADAPTER_FILE), metadata={"format": "pt"})
     if extra:
         metadata = {"format": "pt"}
         lora = getattr(model.perception.encoder, "peft_config", {}).get("default")
@@ -63,8 +75,7 @@ def save_adapter(model: Any, directory: str | Path) -> Path:
             # The deltas alone do not give their scale; loading for inference needs it to merge them.
             metadata[ENCODER_LORA_METADATA] = json.dumps({"r": lora.r, "lora_alpha": lora.lora_alpha,
                                                           "use_rslora": lora.use_rslora})
-        save_file({k: v.contiguous().cpu() for k, v in extra.items()}, str(directory / ENCODER_FILE),
-                  metadata=metadata)
+        save_file(extra, str(directory / ENCODER_FILE), metadata=metadata)
     return directory
 
 
@@ -136,9 +147,10 @@ def save_checkpoint(root: str | Path, step: int, *, model: Any, trainer_state: d
         temporary.mkdir(parents=True)
     barrier()
     torch.save(rng_state(), temporary / f"rng-rank{rank}.pt")
+    tensors = trained_tensors(model)
     barrier()
     if rank == 0:
-        save_adapter(model, temporary)
+        save_adapter(model, temporary, tensors)
         torch.save(trainer_state, temporary / STATE_FILE)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)

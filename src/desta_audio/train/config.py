@@ -126,7 +126,7 @@ class ValidationSection(_Section):
 
 
 class DistributedSection(_Section):
-    strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp shards the frozen LLM too: for backbones too big per GPU
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp shards the LLM's layers (and their LoRA): backbones too big per GPU
     backend: Literal["auto", "nccl", "gloo"] = "auto"
 
 

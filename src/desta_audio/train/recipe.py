@@ -25,7 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from desta_audio.processing import IGNORE_INDEX
-from desta_audio.train.checkpoint import latest_checkpoint, load_adapter, load_checkpoint, save_adapter, save_checkpoint
+from desta_audio.train.checkpoint import (
+    latest_checkpoint,
+    load_adapter,
+    load_checkpoint,
+    save_adapter,
+    save_checkpoint,
+    trained_tensors,
+)
 from desta_audio.train.config import TrainConfig, dump_config
 from desta_audio.train.features import (
     FeatureCache,
@@ -235,6 +242,35 @@ def init_distributed(backend: str) -> tuple[Dist, torch.device]:
     return Dist(rank, world, local_rank), device
 
 
+def _is_sharded(tensor: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> float:
+    """Clip to a total L2 norm and return the norm before clipping. Unlike `clip_grad_norm_` it takes a mix of
+    FSDP-sharded gradients (each process holds a disjoint shard: squared norms summed across processes) and
+    replicated ones (already equal everywhere)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    sharded = [g for g in grads if _is_sharded(g)]
+    if not sharded:
+        return float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+    squares = torch.zeros((), dtype=torch.float64, device=grads[0].device)
+    for grad in sharded:
+        squares += grad.to_local().double().pow(2).sum()
+    torch.distributed.all_reduce(squares)
+    for grad in grads:
+        if not _is_sharded(grad):
+            squares += grad.double().pow(2).sum()
+    total = float(squares.sqrt())
+    factor = min(max_norm / (total + 1e-6), 1.0)  # as clip_grad_norm_ computes it
+    if factor < 1.0:
+        for grad in grads:
+            (grad.to_local() if _is_sharded(grad) else grad).mul_(factor)
+    return total
+
+
 # ----- the trainer -----
 
 
@@ -292,6 +328,8 @@ class Trainer:
         self.sharded = self.dist.enabled and config.distributed.strategy == "fsdp"
         if self.sharded:
             self._shard_llm()
+            # fully_shard swaps a layer's parameters for sharded ones: the optimizer must hold those.
+            self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         elif self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -315,17 +353,15 @@ class Trainer:
         return self
 
     def _shard_llm(self) -> None:
-        """FSDP for backbones too big to replicate: each frozen LLM layer is sharded across processes (gathered
-        for its forward and backward); the small trainable adapter stays replicated and its gradients are summed
-        across processes by hand."""
+        """FSDP for backbones too big to replicate: each LLM decoder layer, LoRA weights included, is sharded
+        across processes and gathered for its forward and backward. Gradients of sharded weights are
+        reduce-scattered as sums; those of replicated weights (the adapter) are all-reduced by hand in the step."""
         from torch.distributed.fsdp import fully_shard
 
-        in_llm = [name for name in self.trainable_names if name.startswith("llm_model.")]
-        if in_llm:
-            raise TrainingError(f"distributed.strategy=fsdp shards the frozen LLM, but {in_llm[0]} (and "
-                                f"{len(in_llm) - 1} more LLM weights) are trainable; use ddp with LoRA")
         for layer in self.model.llm.get_decoder().layers:
             fully_shard(layer)
+            layer.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM
+            layer.set_gradient_divide_factor(1.0)  # sums, not means: the step divides by its token count
 
     def _load_data(self) -> None:
         data = self.config.data
@@ -399,7 +435,7 @@ class Trainer:
         state = load_checkpoint(path, model=self.model, rank=self.dist.rank)
         if state["world_size"] != self.dist.world:
             raise TrainingError(f"{path} was saved by {state['world_size']} processes; resume with as many")
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_optimizer_state(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.step = int(state["step"])
@@ -451,9 +487,11 @@ class Trainer:
             if (config.run.save_every and self.step % config.run.save_every == 0) or self.step == stop_at:
                 self.save()
         bar.close()
-        if self.step >= self.total_steps and self.dist.rank == 0:
-            result.final_adapter = save_adapter(self.model, self.output_dir / "final")
-            plot_loss_curve(self.metrics.csv_path, self.output_dir / "loss_curve.png")
+        if self.step >= self.total_steps:
+            tensors = trained_tensors(self.model)  # every process: sharded LoRA weights are gathered
+            if self.dist.rank == 0:
+                result.final_adapter = save_adapter(self.model, self.output_dir / "final", tensors)
+                plot_loss_curve(self.metrics.csv_path, self.output_dir / "loss_curve.png")
         self.dist.barrier()
         return result
 
@@ -477,19 +515,19 @@ class Trainer:
         if count == 0:
             raise TrainingError("a training step had no labelled tokens: every record needs an assistant target")
         loss = loss_sum / count
-        # Each rank's gradient is of its own summed loss; DDP averaged them over ranks (FSDP: summed here by hand):
-        # rescale to the mean over the step's tokens.
+        # Each rank's gradient is of its own summed loss; DDP averaged them over ranks (FSDP: sharded weights
+        # reduce-scattered as sums, the rest summed here by hand): rescale to the mean over the step's tokens.
         scale = self.dist.world / count
         if self.sharded:
             for parameter in self.parameters:
-                if parameter.grad is not None:
+                if parameter.grad is not None and not _is_sharded(parameter.grad):
                     torch.distributed.all_reduce(parameter.grad)
             scale = 1.0 / count
         for parameter in self.parameters:
             if parameter.grad is not None:
                 parameter.grad.mul_(scale)
         clip = self.config.optim.grad_clip
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, clip if clip else float("inf")))
+        grad_norm = clip_gradients(self.parameters, clip if clip else float("inf"))
         ok = math.isfinite(loss) and math.isfinite(grad_norm)
         if ok:
             self.optimizer.step()
@@ -545,10 +583,28 @@ class Trainer:
     # ----- checkpoints -----
 
     def save(self) -> Path:
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        state = {"optimizer": self._optimizer_state(), "scheduler": self.scheduler.state_dict(),
                  "sampler": self.sampler.state_dict(), "step": self.step, "world_size": self.dist.world}
         return save_checkpoint(self.output_dir / "checkpoints", self.step, model=self.model, trainer_state=state,
                                rank=self.dist.rank, barrier=self.dist.barrier, keep=self.config.run.keep_checkpoints)
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's state; under FSDP gathered whole (collective), so the file holds every shard."""
+        if not self.sharded:
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(self.model, self.optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def _load_optimizer_state(self, state: dict[str, Any]) -> None:
+        if not self.sharded:
+            self.optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(self.model, self.optimizer, state,
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
     def close(self) -> None:
         if self.dist.rank == 0 and hasattr(self, "metrics"):
