@@ -6,12 +6,13 @@ Generation uses the LLM's stock `generate()` on `inputs_embeds`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -274,13 +275,14 @@ class DeSTAModel(nn.Module):
 
         texts: list[str] = []
         for start in range(0, len(encoder_states), ENCODER_BATCH):
-            ids = self.perception.whisper.generate(
-                encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states[start:start + ENCODER_BATCH]),
-                max_new_tokens=self.config.max_transcript_tokens,
-                do_sample=False,
-                task="transcribe",
-                return_timestamps=False,
-            )
+            with _whisper_generate_quietly():
+                ids = self.perception.whisper.generate(
+                    encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states[start:start + ENCODER_BATCH]),
+                    max_new_tokens=self.config.max_transcript_tokens,
+                    do_sample=False,
+                    task="transcribe",
+                    return_timestamps=False,
+                )
             texts += [t.strip() for t in self.whisper_tokenizer.batch_decode(ids, skip_special_tokens=True)]
         return texts
 
@@ -480,6 +482,21 @@ class DeSTAModel(nn.Module):
         if system is not None:
             conversation.insert(0, {"role": "system", "content": system})
         return self.chat([conversation], **generation)[0]
+
+
+@contextlib.contextmanager
+def _whisper_generate_quietly() -> Iterator[None]:
+    """Whisper's generate() warns on every call about its own argument passing (generation_config beside suppress
+    tokens, max_length 448 beside max_new_tokens) and about the unpadded decoder prompt's attention mask; none of
+    it applies to greedy decoding of whole windows, so transformers' warnings are silenced for that call only."""
+    from transformers.utils import logging as transformers_logging
+
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(level)
 
 
 def _until_stop(ids: list[int], stops: set[int]) -> list[int]:
