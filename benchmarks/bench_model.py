@@ -2,6 +2,7 @@
 
     python benchmarks/bench_model.py                       # desta-tiny and desta-mini
     python benchmarks/bench_model.py --models desta-tiny --new-tokens 32
+    python benchmarks/bench_model.py --models desta-mini --dtype bfloat16  # CPUs with avx512_bf16 / AMX
 
 Each model runs in its own subprocess so its peak RSS is its own. Ratios compare runs made in the same process
 moments apart, so they hold on a noisy machine better than absolute times do.
@@ -58,14 +59,14 @@ def timed(fn, repeats: int = 1) -> float:
     return best
 
 
-def measure(model_name: str, new_tokens: int, batches: list[int]) -> dict:
+def measure(model_name: str, new_tokens: int, batches: list[int], dtype: str) -> dict:
     import torch
 
     from desta_audio.audio import load_audio, split_windows
     from desta_audio.modeling import DeSTAModel
 
     torch.manual_seed(0)
-    model = DeSTAModel.from_pretrained(model_name)
+    model = DeSTAModel.from_pretrained(model_name, dtype=getattr(torch, dtype))
     fixed = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens}  # equal work for every variant
     with tempfile.TemporaryDirectory() as tmp:
         clips = [load_audio(p) for p in make_clips(Path(tmp), max(batches))]
@@ -74,7 +75,8 @@ def measure(model_name: str, new_tokens: int, batches: list[int]) -> dict:
         return [{"role": "user", "content": "<|AUDIO|>\nWhat does the speaker say, and how do they sound?",
                  "audios": [{"audio": clips[i], "text": transcript}]}]
 
-    result: dict = {"model": model_name, "new_tokens": new_tokens}
+    result: dict = {"model": model_name if dtype == "float32" else f"{model_name} ({dtype})",
+                    "new_tokens": new_tokens}
     window = split_windows(clips[0])[:1]
     with torch.inference_mode():
         model.encode_audio_windows(window)  # warm-up
@@ -171,15 +173,17 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["desta-tiny", "desta-mini"])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="weights and compute type (bfloat16 pays off on CPUs with avx512_bf16 or AMX)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.new_tokens, args.batches)))
+        print(json.dumps(measure(args.one, args.new_tokens, args.batches, args.dtype)))
         return
     results = []
     for name in args.models:
-        command = [sys.executable, __file__, "--one", name, "--new-tokens", str(args.new_tokens), "--batches",
-                   *map(str, args.batches)]
+        command = [sys.executable, __file__, "--one", name, "--new-tokens", str(args.new_tokens), "--dtype",
+                   args.dtype, "--batches", *map(str, args.batches)]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(output.strip().splitlines()[-1]))
         print(f"{name}: done", file=sys.stderr)
