@@ -24,7 +24,8 @@ def write_speech(path: Path, text: str) -> Path:
     """espeak-ng speech when available, else a tone (the tests only need a decodable clip)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if shutil.which("espeak-ng"):
-        result = subprocess.run(["espeak-ng", "-w", str(path), text], capture_output=True, timeout=30)
+        result = subprocess.run(["espeak-ng", "-v", "en-us+f3", "-s", "150", "-w", str(path), text],
+                                capture_output=True, timeout=30)
         if result.returncode == 0 and path.exists():
             return path
     return write_tone(path)

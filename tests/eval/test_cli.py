@@ -13,7 +13,7 @@ def test_mmau_run_rescore_and_report(tmp_path, monkeypatch):
     data = _write_mmau(tmp_path / "data", with_id=True)
     answers = {"Question 0?": "The correct answer is: Dog barking", "Question 1?": "Guitar",
                "Question 2?": "The correct answer is: Angry"}
-    monkeypatch.setattr(cli, "_system", lambda kind, model, asr: FakeSystem(
+    monkeypatch.setattr(cli, "_system", lambda *_: FakeSystem(
         lambda c: next(v for k, v in answers.items() if k in c[-1]["content"])))
     runner = CliRunner()
     out = tmp_path / "run"
@@ -37,7 +37,7 @@ def test_speech_ifeval_runs_reference_backbone_and_replays_judge(tmp_path, monke
     class FakeDesta(FakeSystem):
         llm, tokenizer = None, None
 
-    monkeypatch.setattr(cli, "_system", lambda kind, model, asr: FakeDesta(lambda c: "- a\n- b"))
+    monkeypatch.setattr(cli, "_system", lambda *_: FakeDesta(lambda c: "- a\n- b"))
     from desta_audio.eval import systems
 
     monkeypatch.setattr(systems.TextBackbone, "from_desta",

@@ -20,6 +20,7 @@ class SystemKind(str, Enum):
     desta = "desta"
     backbone = "backbone"
     cascade = "cascade"
+    api = "api"
 
 
 def _judge(spec: Optional[str], cache: Optional[Path], base_url: Optional[str], key_env: str, default_model: str,
@@ -34,9 +35,17 @@ def _judge(spec: Optional[str], cache: Optional[Path], base_url: Optional[str], 
                        api_key_env=key_env, model_name=default_model)
 
 
-def _system(kind: SystemKind, model: str, asr: str):
+def _system(kind: SystemKind, model: str, asr: str, base_url: Optional[str], concurrency: int):
+    import os
+
     from desta_audio.eval import systems
 
+    if kind is SystemKind.api:
+        from desta_audio.eval.remote import OpenAIChatSystem
+
+        if not base_url:
+            raise typer.BadParameter("--system api needs --base-url (e.g. http://localhost:8000/v1)")
+        return OpenAIChatSystem(base_url, model, api_key=os.environ.get(API_KEY_ENV), concurrency=concurrency)
     if kind is SystemKind.desta:
         return systems.load_desta(model)
     if kind is SystemKind.cascade:
@@ -61,6 +70,9 @@ def _score_file(predictions: Path, judge: Any, options: dict[str, Any], benchmar
     rows = read_jsonl(predictions)
     result = module.score(rows, judge, **{k: v for k, v in options.items() if v is not None})
     result.setdefault("benchmark", module.NAME)
+    failed = sum(1 for row in rows if row.get("error"))
+    if failed:
+        result["failed_requests"] = failed  # scored as missing outputs; `desta eval` again retries them
     result["predictions"] = str(predictions)
     result["data_version"] = manifest.get("data_version")
     result["system"] = manifest.get("system")
@@ -83,7 +95,7 @@ def _print_summary(module: Any, result: dict[str, Any]) -> None:
     table.add_column("value", justify="right")
     for key, value in module.headline(result).items():
         table.add_row(str(key), "-" if value is None else f"{value:.2f}")
-    for key in ("judge_parse_failures", "missing_outputs", "fail_rate", "note"):
+    for key in ("judge_parse_failures", "missing_outputs", "failed_requests", "fail_rate", "note"):
         if result.get(key) not in (None, ""):
             table.add_row(key, str(result[key]))
     Console().print(table)
@@ -92,7 +104,7 @@ def _print_summary(module: Any, result: dict[str, Any]) -> None:
 def _run(benchmark: str, data: Path, model: str, system_kind: SystemKind, out: Optional[Path], limit: Optional[int],
          batch_size: int, max_new_tokens: Optional[int], judge_spec: Optional[str], judge_cache: Optional[Path],
          judge_base_url: Optional[str], judge_key_env: str, score: bool, load_options: dict[str, Any],
-         score_options: dict[str, Any], asr: str, reference_backbone: bool = False) -> None:
+         score_options: dict[str, Any], asr: str, base_url: Optional[str], reference_backbone: bool = False) -> None:
     from desta_audio.eval.benchmarks import get_benchmark
     from desta_audio.eval.runner import predictions_path, run_inference
     from desta_audio.eval.systems import TextBackbone, describe_system
@@ -107,7 +119,7 @@ def _run(benchmark: str, data: Path, model: str, system_kind: SystemKind, out: O
     generation = dict(module.GENERATION)
     if max_new_tokens is not None:
         generation["max_new_tokens"] = max_new_tokens
-    system = _system(system_kind, model, asr)
+    system = _system(system_kind, model, asr, base_url, batch_size)
     manifest = {"benchmark": module.NAME, "data": str(data), "scorer_version": module.SCORER_VERSION,
                 "system_prompt": getattr(module, "SYSTEM_PROMPT", None), "model": model,
                 "system_kind": system_kind.value, "limit": limit, **info}
@@ -137,7 +149,8 @@ def _run(benchmark: str, data: Path, model: str, system_kind: SystemKind, out: O
 # Shared options (typer needs them spelled out per command).
 DATA = typer.Option(..., "--data", help="local copy: JSON/JSONL file, folder, HF save_to_disk folder or parquet")
 MODEL = typer.Option("desta-mini", "--model", help="preset name, model folder or hub id (backbone/cascade: LLM)")
-SYSTEM = typer.Option(SystemKind.desta, "--system", help="desta model, text-only backbone, or ASR->LLM cascade")
+SYSTEM = typer.Option(SystemKind.desta, "--system",
+                      help="desta model, text-only backbone, ASR->LLM cascade, or a served model (OpenAI API)")
 OUT = typer.Option(None, "--out", help="run folder (default runs/eval/<model>)")
 LIMIT = typer.Option(None, "--limit", help="only the first N items (per file/track/instance)")
 BATCH = typer.Option(4, "--batch-size")
@@ -148,6 +161,10 @@ JUDGE_URL = typer.Option(None, "--judge-base-url", help="OpenAI-compatible endpo
 JUDGE_KEY = typer.Option("OPENAI_API_KEY", "--judge-key-env", help="environment variable holding the API key")
 SCORE = typer.Option(True, "--score/--no-score", help="score right after inference")
 ASR = typer.Option("whisper-base", "--asr", help="cascade only: Whisper model for transcription")
+API_KEY_ENV = "DESTA_API_KEY"
+BASE_URL = typer.Option(None, "--base-url",
+                        help=f"--system api: the server, e.g. http://localhost:8000/v1 (desta serve, vLLM); --model is "
+                             f"its model id, the key is read from ${API_KEY_ENV}; --batch-size requests go out at once")
 
 
 @app.command("mmau")
@@ -155,13 +172,14 @@ def mmau_command(data: Path = DATA, model: str = MODEL, system: SystemKind = SYS
                  limit: Optional[int] = LIMIT, batch_size: int = BATCH, max_new_tokens: Optional[int] = TOKENS,
                  judge: Optional[str] = JUDGE, judge_cache: Optional[Path] = JUDGE_CACHE,
                  judge_base_url: Optional[str] = JUDGE_URL, judge_key_env: str = JUDGE_KEY, score: bool = SCORE,
-                 asr: str = ASR,
+                 asr: str = ASR, base_url: Optional[str] = BASE_URL,
                  version: Optional[str] = typer.Option(None, help="original | v05.15.25 (default: detected)"),
                  audio_dir: Optional[Path] = typer.Option(None, help="audio folder (default: beside the JSON)"),
                  raw: bool = typer.Option(False, "--raw", help="score the raw response, prefix included")):
     """MMAU test-mini/test: official string match on the answer with the DeSTA prefix removed."""
     _run("mmau", data, model, system, out, limit, batch_size, max_new_tokens, judge, judge_cache, judge_base_url,
-         judge_key_env, score, {"version": version, "audio_dir": audio_dir}, {"strip_prefix": not raw}, asr)
+         judge_key_env, score, {"version": version, "audio_dir": audio_dir}, {"strip_prefix": not raw}, asr,
+         base_url)
 
 
 @app.command("dynamic-superb")
@@ -170,10 +188,11 @@ def dynamic_superb_command(data: Path = DATA, model: str = MODEL, system: System
                            max_new_tokens: Optional[int] = TOKENS, judge: Optional[str] = JUDGE,
                            judge_cache: Optional[Path] = JUDGE_CACHE, judge_base_url: Optional[str] = JUDGE_URL,
                            judge_key_env: str = JUDGE_KEY, score: bool = SCORE, asr: str = ASR,
+                           base_url: Optional[str] = BASE_URL,
                            matcher: str = typer.Option("consecutive", help="consecutive | judge")):
     """Dynamic-SUPERB Phase-1: accuracy per instance, per dimension and overall."""
     _run("dynamic_superb", data, model, system, out, limit, batch_size, max_new_tokens, judge, judge_cache,
-         judge_base_url, judge_key_env, score, {}, {"matcher": matcher}, asr)
+         judge_base_url, judge_key_env, score, {}, {"matcher": matcher}, asr, base_url)
 
 
 @app.command("sakura")
@@ -181,10 +200,10 @@ def sakura_command(data: Path = DATA, model: str = MODEL, system: SystemKind = S
                    limit: Optional[int] = LIMIT, batch_size: int = BATCH, max_new_tokens: Optional[int] = TOKENS,
                    judge: Optional[str] = JUDGE, judge_cache: Optional[Path] = JUDGE_CACHE,
                    judge_base_url: Optional[str] = JUDGE_URL, judge_key_env: str = JUDGE_KEY, score: bool = SCORE,
-                   asr: str = ASR):
+                   asr: str = ASR, base_url: Optional[str] = BASE_URL):
     """SAKURA: single- vs multi-hop accuracy per track (LLM judge)."""
     _run("sakura", data, model, system, out, limit, batch_size, max_new_tokens, judge, judge_cache, judge_base_url,
-         judge_key_env, score, {}, {}, asr)
+         judge_key_env, score, {}, {}, asr, base_url)
 
 
 @app.command("speech-ifeval")
@@ -193,6 +212,7 @@ def speech_ifeval_command(data: Path = DATA, model: str = MODEL, system: SystemK
                           max_new_tokens: Optional[int] = TOKENS, judge: Optional[str] = JUDGE,
                           judge_cache: Optional[Path] = JUDGE_CACHE, judge_base_url: Optional[str] = JUDGE_URL,
                           judge_key_env: str = JUDGE_KEY, score: bool = SCORE, asr: str = ASR,
+                          base_url: Optional[str] = BASE_URL,
                           reference_backbone: bool = typer.Option(
                               True, "--reference-backbone/--no-reference-backbone",
                               help="also run the text-only backbone on textual_audio for the forgetting delta"),
@@ -201,7 +221,8 @@ def speech_ifeval_command(data: Path = DATA, model: str = MODEL, system: SystemK
     """Speech-IFEval: IFrate (closed-ended, creative writing, chain-of-thought) and forgetting delta."""
     _run("speech_ifeval", data, model, system, out, limit, batch_size, max_new_tokens, judge, judge_cache,
          judge_base_url, judge_key_env, score, {"audio_dir": audio_dir}, {"reference_ifrate": reference_ifrate},
-         asr, reference_backbone=reference_backbone and reference_ifrate is None and system is SystemKind.desta)
+         asr, base_url,
+         reference_backbone=reference_backbone and reference_ifrate is None and system is SystemKind.desta)
 
 
 @app.command("voicebench")
@@ -210,12 +231,13 @@ def voicebench_command(data: Path = DATA, model: str = MODEL, system: SystemKind
                        max_new_tokens: Optional[int] = TOKENS, judge: Optional[str] = JUDGE,
                        judge_cache: Optional[Path] = JUDGE_CACHE, judge_base_url: Optional[str] = JUDGE_URL,
                        judge_key_env: str = JUDGE_KEY, score: bool = SCORE, asr: str = ASR,
+                       base_url: Optional[str] = BASE_URL,
                        subset: Optional[str] = typer.Option(None, help="default: the data folder's name"),
                        split: Optional[str] = typer.Option(None, help="sd-qa accent (default usa), '*' for all"),
                        seed: int = typer.Option(0, help="seed of the random-answer fallback")):
     """VoiceBench: one subset per call; `desta eval report` averages the subsets into the overall score."""
     _run("voicebench", data, model, system, out, limit, batch_size, max_new_tokens, judge, judge_cache,
-         judge_base_url, judge_key_env, score, {"subset": subset, "split": split}, {"seed": seed}, asr)
+         judge_base_url, judge_key_env, score, {"subset": subset, "split": split}, {"seed": seed}, asr, base_url)
 
 
 @app.command("score")

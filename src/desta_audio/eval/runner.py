@@ -51,12 +51,17 @@ def materialize(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _completed_ids(path: Path) -> set[str]:
-    rows = list(iter_jsonl_tolerant(path))
+    """Ids already answered. The file is rewritten without a torn last line (an interrupted run), so appends start
+    on a clean line, and without rows whose request failed (`error`), so a resumed run tries those again."""
+    parsed = list(iter_jsonl_tolerant(path))
+    rows = [r for r in parsed if not r.get("error")]
     if path.exists():
-        # Rewrite without a torn last line so appends start on a clean line.
         valid = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         if valid != path.read_text(encoding="utf-8"):
-            logger.warning("%s: dropping an incomplete last line left by an interrupted run", path)
+            if len(rows) < len(parsed):
+                logger.warning("%s: %d failed requests will be tried again", path, len(parsed) - len(rows))
+            else:
+                logger.warning("%s: dropping an incomplete last line left by an interrupted run", path)
             path.write_text(valid, encoding="utf-8")
     return {str(r["id"]) for r in rows if "id" in r}
 
@@ -137,6 +142,8 @@ def run_inference(
                 raise RuntimeError(f"system returned {len(replies)} replies for a batch of {len(batch)}")
             for item, reply in zip(batch, replies):
                 row = {"id": item.id, "response": getattr(reply, "text", reply)}
+                if getattr(reply, "error", None):
+                    row["error"] = reply.error  # scored as a missing output; a resumed run tries it again
                 transcripts = getattr(reply, "transcripts", None)
                 if transcripts:
                     row["transcripts"] = list(transcripts)

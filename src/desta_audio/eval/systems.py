@@ -4,7 +4,8 @@
 - the text-only backbone (`TextBackbone`): the same frozen LLM reading the benchmark's text version of the audio
   (Speech-IFEval's `textual_audio`, the retention check's seed descriptions);
 - a cascade (`Cascade`): Whisper transcribes every clip, the text LLM answers with the transcript in place of
-  each `<|AUDIO|>`.
+  each `<|AUDIO|>`;
+- a served model behind an OpenAI-compatible endpoint: `desta_audio.eval.remote.OpenAIChatSystem`.
 """
 
 from __future__ import annotations
