@@ -19,8 +19,14 @@ from desta_audio.eval.benchmarks import voicebench
     ("", None),
     (" B", None),                                   # nothing is stripped, so the leading space defeats "== b"
     ("**B**", None),                                # bold letter alone matches no template
-    ("Answer: C", None),                            # there is no "answer: #" template
-    ("Final answer: B.", "B"),                      # " #." (space, letter, full stop)
+    ("Answer: C", "C"),                             # "answer: #"
+    ("Final answer: b", "B"),                       # "final answer: #", right after the Chinese templates
+    ("The answer is:\nB", "B"),                     # "answer is:\n#"
+    ("{C}", "C"),                                   # "{#}", one of the last templates
+    ("**D: mammals**", "D"),                        # "**#:"
+    ("Here it is\n\n**B Mitochondria**", "B"),      # "\n\n**#"
+    ("It would be:\n\nD", "D"),                     # "would be:\n\n#", the very last template
+    ("Answer: a bird, so C.", "A"),                 # "answer: #" comes before " #." and reads the article "a"
     ("It could be a.", "A"),                        # " #." again: a hedge still counts
     ("The answer is a mineral (option B).", "A"),   # "the answer is #" comes first and reads the article "a"
     ("The correct answer is D, photosynthesis.", "D"),  # "the correct answer is #"

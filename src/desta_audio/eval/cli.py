@@ -68,7 +68,10 @@ def _score_file(predictions: Path, judge: Any, options: dict[str, Any], benchmar
         raise typer.BadParameter(f"{predictions}: no manifest beside it; say which benchmark with --benchmark")
     module = get_benchmark(name)
     rows = read_jsonl(predictions)
-    result = module.score(rows, judge, **{k: v for k, v in options.items() if v is not None})
+    kwargs = {k: v for k, v in options.items() if v is not None and k != "judge_prompts_file"}
+    if options.get("judge_prompts_file") is not None:
+        kwargs["judge_prompts"] = _judge_prompt_overrides(module, options["judge_prompts_file"])
+    result = module.score(rows, judge, **kwargs)
     result.setdefault("benchmark", module.NAME)
     failed = sum(1 for row in rows if row.get("error"))
     if failed:
@@ -84,6 +87,17 @@ def _score_file(predictions: Path, judge: Any, options: dict[str, Any], benchmar
                                                    "options": options, "scores": str(out)}})
     _print_summary(module, result)
     return result
+
+
+def _judge_prompt_overrides(module: Any, path: Path) -> dict[str, Any]:
+    from desta_audio.eval.judge_prompts import load_overrides
+
+    if not hasattr(module, "JUDGE_PROMPTS"):
+        raise typer.BadParameter(f"{module.NAME} is not scored by a judge; --judge-prompts does not apply")
+    try:
+        return load_overrides(path, module.NAME, module.JUDGE_PROMPTS)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 def _print_summary(module: Any, result: dict[str, Any]) -> None:
@@ -159,6 +173,8 @@ JUDGE = typer.Option(None, "--judge", help="none | fake | openai[:MODEL] | hf:PA
 JUDGE_CACHE = typer.Option(None, "--judge-cache", help="JSONL verdict cache (default <out>/judge-cache.jsonl)")
 JUDGE_URL = typer.Option(None, "--judge-base-url", help="OpenAI-compatible endpoint (vLLM, llama.cpp server...)")
 JUDGE_KEY = typer.Option("OPENAI_API_KEY", "--judge-key-env", help="environment variable holding the API key")
+JUDGE_PROMPTS = typer.Option(None, "--judge-prompts", help="JSON file replacing judge prompts (e.g. with the "
+                                                           "benchmark's own text); see `desta eval judge-prompts`")
 SCORE = typer.Option(True, "--score/--no-score", help="score right after inference")
 ASR = typer.Option("whisper-base", "--asr", help="cascade only: Whisper model for transcription")
 API_KEY_ENV = "DESTA_API_KEY"
@@ -189,10 +205,12 @@ def dynamic_superb_command(data: Path = DATA, model: str = MODEL, system: System
                            judge_cache: Optional[Path] = JUDGE_CACHE, judge_base_url: Optional[str] = JUDGE_URL,
                            judge_key_env: str = JUDGE_KEY, score: bool = SCORE, asr: str = ASR,
                            base_url: Optional[str] = BASE_URL,
+                           judge_prompts: Optional[Path] = JUDGE_PROMPTS,
                            matcher: str = typer.Option("consecutive", help="consecutive | judge")):
     """Dynamic-SUPERB Phase-1: accuracy per instance, per dimension and overall."""
     _run("dynamic_superb", data, model, system, out, limit, batch_size, max_new_tokens, judge, judge_cache,
-         judge_base_url, judge_key_env, score, {}, {"matcher": matcher}, asr, base_url)
+         judge_base_url, judge_key_env, score, {}, {"matcher": matcher, "judge_prompts_file": judge_prompts}, asr,
+         base_url)
 
 
 @app.command("sakura")
@@ -200,10 +218,10 @@ def sakura_command(data: Path = DATA, model: str = MODEL, system: SystemKind = S
                    limit: Optional[int] = LIMIT, batch_size: int = BATCH, max_new_tokens: Optional[int] = TOKENS,
                    judge: Optional[str] = JUDGE, judge_cache: Optional[Path] = JUDGE_CACHE,
                    judge_base_url: Optional[str] = JUDGE_URL, judge_key_env: str = JUDGE_KEY, score: bool = SCORE,
-                   asr: str = ASR, base_url: Optional[str] = BASE_URL):
+                   asr: str = ASR, base_url: Optional[str] = BASE_URL, judge_prompts: Optional[Path] = JUDGE_PROMPTS):
     """SAKURA: single- vs multi-hop accuracy per track (LLM judge)."""
     _run("sakura", data, model, system, out, limit, batch_size, max_new_tokens, judge, judge_cache, judge_base_url,
-         judge_key_env, score, {}, {}, asr, base_url)
+         judge_key_env, score, {}, {"judge_prompts_file": judge_prompts}, asr, base_url)
 
 
 @app.command("speech-ifeval")
@@ -217,10 +235,12 @@ def speech_ifeval_command(data: Path = DATA, model: str = MODEL, system: SystemK
                               True, "--reference-backbone/--no-reference-backbone",
                               help="also run the text-only backbone on textual_audio for the forgetting delta"),
                           reference_ifrate: Optional[float] = typer.Option(None, help="known reference IFrate"),
+                          judge_prompts: Optional[Path] = JUDGE_PROMPTS,
                           audio_dir: Optional[Path] = typer.Option(None, help="base folder of audio_filepath")):
     """Speech-IFEval: IFrate (closed-ended, creative writing, chain-of-thought) and forgetting delta."""
     _run("speech_ifeval", data, model, system, out, limit, batch_size, max_new_tokens, judge, judge_cache,
-         judge_base_url, judge_key_env, score, {"audio_dir": audio_dir}, {"reference_ifrate": reference_ifrate},
+         judge_base_url, judge_key_env, score, {"audio_dir": audio_dir}, {"reference_ifrate": reference_ifrate,
+                                                                "judge_prompts_file": judge_prompts},
          asr, base_url,
          reference_backbone=reference_backbone and reference_ifrate is None and system is SystemKind.desta)
 
@@ -234,10 +254,12 @@ def voicebench_command(data: Path = DATA, model: str = MODEL, system: SystemKind
                        base_url: Optional[str] = BASE_URL,
                        subset: Optional[str] = typer.Option(None, help="default: the data folder's name"),
                        split: Optional[str] = typer.Option(None, help="sd-qa accent (default usa), '*' for all"),
-                       seed: int = typer.Option(0, help="seed of the random-answer fallback")):
+                       seed: int = typer.Option(0, help="seed of the random-answer fallback"),
+                       judge_prompts: Optional[Path] = JUDGE_PROMPTS):
     """VoiceBench: one subset per call; `desta eval report` averages the subsets into the overall score."""
     _run("voicebench", data, model, system, out, limit, batch_size, max_new_tokens, judge, judge_cache,
-         judge_base_url, judge_key_env, score, {"subset": subset, "split": split}, {"seed": seed}, asr, base_url)
+         judge_base_url, judge_key_env, score, {"subset": subset, "split": split},
+         {"seed": seed, "judge_prompts_file": judge_prompts}, asr, base_url)
 
 
 @app.command("score")
@@ -251,7 +273,8 @@ def score_command(predictions: Path = typer.Argument(..., help="a *.predictions.
                   reference_ifrate: Optional[float] = typer.Option(None, help="Speech-IFEval: reference IFrate"),
                   paragraph_split: str = typer.Option("newline", help="Speech-IFEval: newline (official) | "
                                                                       "blank_lines"),
-                  seed: int = typer.Option(0, help="VoiceBench: fallback seed")):
+                  seed: int = typer.Option(0, help="VoiceBench: fallback seed"),
+                  judge_prompts: Optional[Path] = JUDGE_PROMPTS):
     """Recompute scores from a predictions file; no model needed (judge verdicts replay from the cache)."""
     from desta_audio.eval.benchmarks import get_benchmark
     from desta_audio.eval.runner import manifest_path
@@ -263,8 +286,19 @@ def score_command(predictions: Path = typer.Argument(..., help="a *.predictions.
     judge_obj = _judge(judge, judge_cache, judge_base_url, judge_key_env,
                        getattr(get_benchmark(name), "JUDGE_MODEL", "gpt-4o-2024-11-20"), predictions.parent)
     options = {"strip_prefix": not raw, "missing": missing, "matcher": matcher, "reference_ifrate": reference_ifrate,
-               "paragraph_split": paragraph_split, "seed": seed}
+               "paragraph_split": paragraph_split, "seed": seed, "judge_prompts_file": judge_prompts}
     _score_file(predictions, judge_obj, options, benchmark=name)
+
+
+@app.command("judge-prompts")
+def judge_prompts_command(benchmark: Optional[str] = typer.Argument(None, help="one benchmark (default: all)")):
+    """Print the default judge prompts as JSON: the file shape `--judge-prompts` reads."""
+    from desta_audio.eval.benchmarks import BENCHMARKS, get_benchmark
+    from desta_audio.eval.judge_prompts import defaults_json
+
+    names = [benchmark] if benchmark else list(BENCHMARKS)
+    modules = [get_benchmark(name) for name in names]
+    typer.echo(defaults_json({m.NAME: m.JUDGE_PROMPTS for m in modules if hasattr(m, "JUDGE_PROMPTS")}))
 
 
 @app.command("report")

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from desta_audio.eval.benchmarks._common import percent, response_of
+from desta_audio.eval.judge_prompts import JudgePrompt, resolve
+from desta_audio.eval.judge_prompts import describe as describe_prompts
 from desta_audio.eval.loading import is_hf_disk_folder, load_rows, to_audio_ref
 from desta_audio.eval.records import AUDIO_TAG, EvalItem, audio_message
 from desta_audio.eval.textnorm import consecutive_words_match
@@ -49,6 +51,9 @@ JUDGE_SYSTEM = (
     "whether the response matches the ground truth: it must give the same answer (wording may differ) and must not "
     "pick any other option.\nEnd your answer with \"Result: <YES or NO>\"."
 )
+JUDGE_PROMPTS = {
+    "match": JudgePrompt(JUDGE_SYSTEM, "Instruction: {instruction}\nGround truth: {label}\nResponse: {response}"),
+}
 PUBLISHED = {  # average accuracy
     "DeSTA2.5-Audio": {"overall": 69.53},
     "Qwen2-Audio-Instruct": {"overall": 51.69},
@@ -101,19 +106,20 @@ def load(path: str | Path, *, limit: int | None = None, split: str = "test",
     return items, {"data_version": "Dynamic-SUPERB Phase-1", "instances": counts, "items": len(items)}
 
 
-def judge_messages(instruction: str, label: str, response: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": JUDGE_SYSTEM},
-            {"role": "user", "content": f"Instruction: {instruction}\nGround truth: {label}\nResponse: {response}"}]
+def judge_messages(instruction: str, label: str, response: str,
+                   prompt: JudgePrompt = JUDGE_PROMPTS["match"]) -> list[dict[str, str]]:
+    return prompt.messages(instruction=instruction, label=label, response=response)
 
 
 def score(rows: list[dict[str, Any]], judge: Any = None, *, matcher: str = "consecutive",
-          **_: Any) -> dict[str, Any]:
+          judge_prompts: dict[str, JudgePrompt] | None = None, **_: Any) -> dict[str, Any]:
     if matcher not in ("consecutive", "judge"):
         raise ValueError(f"matcher must be 'consecutive' or 'judge', got {matcher!r}")
     if matcher == "judge" and judge is None:
         raise ValueError("matcher 'judge' needs --judge")
     from desta_audio.eval.benchmarks.speech_ifeval import parse_result
 
+    prompts = resolve(JUDGE_PROMPTS, judge_prompts)
     per_instance: dict[str, list[int]] = defaultdict(list)
     dimension_of_instance, failures, per_item = {}, 0, {}
     for row in rows:
@@ -121,8 +127,8 @@ def score(rows: list[dict[str, Any]], judge: Any = None, *, matcher: str = "cons
         if matcher == "consecutive":
             ok = consecutive_words_match(row["label"], response)
         else:
-            verdict = parse_result(judge.judge(judge_messages(row["instruction"], row["label"], response),
-                                               **JUDGE_PARAMS))
+            verdict = parse_result(judge.judge(judge_messages(row["instruction"], row["label"], response,
+                                                              prompts["match"]), **JUDGE_PARAMS))
             failures += verdict is None
             ok = verdict == "yes"
         per_instance[row["instance"]].append(int(ok))
@@ -138,6 +144,7 @@ def score(rows: list[dict[str, Any]], judge: Any = None, *, matcher: str = "cons
     return {
         "benchmark": NAME, "scorer_version": SCORER_VERSION, "matcher": matcher,
         "judge": getattr(judge, "name", None) if matcher == "judge" else None,
+        "judge_prompts": describe_prompts(prompts, JUDGE_PROMPTS) if matcher == "judge" else None,
         "instances": instance_acc,
         "dimensions": {d: dimensions[d] for d in DIMENSIONS if d in dimensions} | (
             {"Other": dimensions["Other"]} if "Other" in dimensions else {}),

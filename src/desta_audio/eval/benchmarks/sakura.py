@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from desta_audio.eval.benchmarks._common import percent, response_of
+from desta_audio.eval.judge_prompts import JudgePrompt, resolve
+from desta_audio.eval.judge_prompts import describe as describe_prompts
 from desta_audio.eval.loading import load_rows, to_audio_ref
 from desta_audio.eval.records import AUDIO_TAG, EvalItem, audio_message
 
@@ -38,6 +40,9 @@ JUDGE_SYSTEM = (
     "and answers given without the option letter count as correct.\n"
     "Reply in exactly this format:\nExplanation: <one or two sentences>\nJudgement: <correct or incorrect>"
 )
+JUDGE_PROMPTS = {
+    "grade": JudgePrompt(JUDGE_SYSTEM, "Question: {question}\nGround truth: {answer}\nResponse: {response}"),
+}
 VERDICT_PATTERN = re.compile(r"Explanation: (.*?)\nJudgement: (.*?)(?:\n\n|$)", re.DOTALL)
 PUBLISHED = {  # single / multi average accuracy
     "DeSTA2": {"single": 63.0, "multi": 57.1},
@@ -90,9 +95,9 @@ def load(path: str | Path, *, limit: int | None = None, tracks: list[str] | None
     return items, {"data_version": "SAKURA", "tracks": track_counts, "items": len(items)}
 
 
-def judge_messages(question: str, answer: str, response: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": JUDGE_SYSTEM},
-            {"role": "user", "content": f"Question: {question}\nGround truth: {answer}\nResponse: {response}"}]
+def judge_messages(question: str, answer: str, response: str,
+                   prompt: JudgePrompt = JUDGE_PROMPTS["grade"]) -> list[dict[str, str]]:
+    return prompt.messages(question=question, answer=answer, response=response)
 
 
 def parse_verdict(text: str) -> str | None:
@@ -104,17 +109,19 @@ def parse_verdict(text: str) -> str | None:
     return verdict if verdict in ("correct", "incorrect") else None
 
 
-def score(rows: list[dict[str, Any]], judge: Any = None, **_: Any) -> dict[str, Any]:
+def score(rows: list[dict[str, Any]], judge: Any = None, *, judge_prompts: dict[str, JudgePrompt] | None = None,
+          **_: Any) -> dict[str, Any]:
     if judge is None:
         raise ValueError("SAKURA is scored by an LLM judge only: pass --judge (openai:MODEL, hf:PATH, replay:MODEL)")
     from tqdm.auto import tqdm
 
+    prompts = resolve(JUDGE_PROMPTS, judge_prompts)
     cells: dict[tuple[str, str], list[int]] = {}
     failures, verdicts = 0, {}
     for row in tqdm(rows, desc="sakura judge", unit="item"):
         response = response_of(row) or ""
-        verdict = parse_verdict(judge.judge(judge_messages(row["question"], row["answer"], response),
-                                            **JUDGE_PARAMS))
+        verdict = parse_verdict(judge.judge(judge_messages(row["question"], row["answer"], response,
+                                                           prompts["grade"]), **JUDGE_PARAMS))
         failures += verdict is None
         verdicts[str(row["id"])] = verdict
         cell = cells.setdefault((row["track"], row["hop"]), [0, 0])
@@ -127,8 +134,8 @@ def score(rows: list[dict[str, Any]], judge: Any = None, **_: Any) -> dict[str, 
         scored = [table[t][hop] for t in table if table[t].get(hop) is not None]
         average[hop] = sum(scored) / len(scored) if scored else None
     return {"benchmark": NAME, "scorer_version": SCORER_VERSION, "judge": getattr(judge, "name", "?"),
-            "judge_params": JUDGE_PARAMS, "tracks": table, "average": average,
-            "judge_parse_failures": failures, "items": len(rows), "per_item": verdicts}
+            "judge_params": JUDGE_PARAMS, "judge_prompts": describe_prompts(prompts, JUDGE_PROMPTS), "tracks": table,
+            "average": average, "judge_parse_failures": failures, "items": len(rows), "per_item": verdicts}
 
 
 def headline(result: dict[str, Any]) -> dict[str, float | None]:

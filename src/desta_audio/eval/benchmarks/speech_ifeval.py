@@ -23,6 +23,8 @@ from typing import Any
 
 from desta_audio.eval.benchmarks._common import percent, response_of
 from desta_audio.eval.ifeval import SPEECH_IFEVAL, check_instruction, forgetting_delta
+from desta_audio.eval.judge_prompts import JudgePrompt, resolve
+from desta_audio.eval.judge_prompts import describe as describe_prompts
 from desta_audio.eval.loading import load_rows, to_audio_ref
 from desta_audio.eval.records import AUDIO_TAG, EvalItem, audio_message, text_message
 from desta_audio.eval.textnorm import basic_normalize
@@ -77,6 +79,12 @@ TRANSCRIPT_SYSTEM = (
     "- Leave out every extra phrase, explanation or introduction.\n"
     "- Output the substring and nothing else."
 )
+JUDGE_PROMPTS = {
+    "reasoning": JudgePrompt(COT_SYSTEM, "User input: {instruction}\nModel's Response: {response}"),
+    "accuracy": JudgePrompt(ACCURACY_SYSTEM,
+                            "Question: {instruction}\nGround Truth Answer: {label}\nModel's Response: {response}"),
+    "transcript": JudgePrompt(TRANSCRIPT_SYSTEM, "Question: {instruction}\nModel's Response: {response}"),
+}
 RESULT_PATTERN = re.compile(r"(?i)(?<=result:\s)(yes|no)")
 
 
@@ -146,13 +154,14 @@ def _rule_rate(rows: list[dict[str, Any]], paragraph_split: str) -> tuple[float 
     return percent(followed, len(rows)), breakdown, per_item
 
 
-def _judge_yes(judge: Any, system: str, content: str) -> str | None:
-    return parse_result(judge.judge([{"role": "system", "content": system}, {"role": "user", "content": content}],
-                                    **JUDGE_PARAMS))
+def _judge_yes(judge: Any, prompt: JudgePrompt, **values: Any) -> str | None:
+    return parse_result(judge.judge(prompt.messages(**values), **JUDGE_PARAMS))
 
 
 def score(rows: list[dict[str, Any]], judge: Any = None, *, reference_ifrate: float | None = None,
-          paragraph_split: str = "newline", **_: Any) -> dict[str, Any]:
+          paragraph_split: str = "newline", judge_prompts: dict[str, JudgePrompt] | None = None,
+          **_: Any) -> dict[str, Any]:
+    prompts = resolve(JUDGE_PROMPTS, judge_prompts)
     by_subset: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_subset[row["subset"]].append(row)
@@ -171,8 +180,8 @@ def score(rows: list[dict[str, Any]], judge: Any = None, *, reference_ifrate: fl
         else:
             yes = 0
             for row in by_subset["chain-of-thought"]:
-                verdict = _judge_yes(judge, COT_SYSTEM,
-                                     f"User input: {row['instruction']}\nModel's Response: {response_of(row) or ''}")
+                verdict = _judge_yes(judge, prompts["reasoning"], instruction=row["instruction"],
+                                     response=response_of(row) or "")
                 failures += verdict is None
                 yes += verdict == "yes"
                 result["per_item"][str(row["id"])] = verdict == "yes"
@@ -184,14 +193,18 @@ def score(rows: list[dict[str, Any]], judge: Any = None, *, reference_ifrate: fl
             result["reference_ifrate"] = reference_ifrate
             result["forgetting_delta"] = forgetting_delta(ifrate, reference_ifrate)
     if by_subset.get("closed_ended_questions-woprompt") and judge is not None:
-        result["task_accuracy"], wer_failures = _task_accuracy(by_subset["closed_ended_questions-woprompt"], judge)
+        result["task_accuracy"], wer_failures = _task_accuracy(by_subset["closed_ended_questions-woprompt"], judge,
+                                                               prompts)
         failures += wer_failures
     result["judge"] = getattr(judge, "name", None)
+    if judge is not None:
+        result["judge_prompts"] = describe_prompts(prompts, JUDGE_PROMPTS)
     result["judge_parse_failures"] = failures
     return result
 
 
-def _task_accuracy(rows: list[dict[str, Any]], judge: Any) -> tuple[dict[str, Any], int]:
+def _task_accuracy(rows: list[dict[str, Any]], judge: Any,
+                   prompts: dict[str, JudgePrompt]) -> tuple[dict[str, Any], int]:
     import jiwer
 
     groups: dict[str, list[int]] = defaultdict(list)
@@ -199,14 +212,13 @@ def _task_accuracy(rows: list[dict[str, Any]], judge: Any) -> tuple[dict[str, An
     for row in rows:
         response = response_of(row) or ""
         if row.get("metric") == "wer":
-            extracted = judge.judge([{"role": "system", "content": TRANSCRIPT_SYSTEM},
-                                     {"role": "user", "content": f"Question: {row['instruction']}\n"
-                                                                 f"Model's Response: {response}"}], **JUDGE_PARAMS)
+            extracted = judge.judge(prompts["transcript"].messages(instruction=row["instruction"], response=response),
+                                    **JUDGE_PARAMS)
             hyps.append(normalize_transcript(extracted))
             refs.append(normalize_transcript(str(row.get("label") or "")))
         else:
-            verdict = _judge_yes(judge, ACCURACY_SYSTEM, f"Question: {row['instruction']}\nGround Truth Answer: "
-                                                         f"{row.get('label')}\nModel's Response: {response}")
+            verdict = _judge_yes(judge, prompts["accuracy"], instruction=row["instruction"], label=row.get("label"),
+                                 response=response)
             failures += verdict is None
             groups[str(row.get("dataset"))].append(int(verdict == "yes"))
     out: dict[str, Any] = {d: percent(sum(v), len(v)) for d, v in sorted(groups.items())}
