@@ -238,6 +238,9 @@ def speech_ifeval_command(data: Path = DATA, model: str = MODEL, system: SystemK
                           judge_prompts: Optional[Path] = JUDGE_PROMPTS,
                           audio_dir: Optional[Path] = typer.Option(None, help="base folder of audio_filepath")):
     """Speech-IFEval: IFrate (closed-ended, creative writing, chain-of-thought) and forgetting delta."""
+    if reference_backbone and reference_ifrate is None and system is not SystemKind.desta:
+        typer.echo(f"note: the text-only reference runs only for --system desta; with --system {system.value}, pass "
+                   "--reference-ifrate (e.g. from a --system backbone run) to get the forgetting delta", err=True)
     _run("speech_ifeval", data, model, system, out, limit, batch_size, max_new_tokens, judge, judge_cache,
          judge_base_url, judge_key_env, score, {"audio_dir": audio_dir}, {"reference_ifrate": reference_ifrate,
                                                                 "judge_prompts_file": judge_prompts},
