@@ -536,7 +536,7 @@ class Trainer:
             log.error("step %d: non-finite %s (loss %s, gradient norm %s); skipped without touching the weights",
                       self.step + 1, "loss" if not math.isfinite(loss) else "gradient", loss, grad_norm)
         with warnings.catch_warnings():  # a skipped step still advances the schedule: it stays aligned with steps
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             self.scheduler.step()
         return loss, grad_norm, samples, count, ok
 
