@@ -159,6 +159,32 @@ def test_cli_evaluates_a_served_model_and_counts_refusals(tmp_path):
     assert missing_url.exit_code != 0 and "--system api needs --base-url" in missing_url.output
 
 
+def test_api_text_sends_the_text_version_for_a_served_text_llm(tmp_path):
+    from typer.testing import CliRunner
+
+    from desta_audio.eval import cli
+    from desta_audio.eval.benchmarks import speech_ifeval
+    from tests.eval.test_sakura_speech_ifeval import _sif_fixture
+
+    data = _sif_fixture(tmp_path / "sif")
+    model = RecordingModel()
+    with serve(model) as url:
+        result = CliRunner().invoke(cli.app, ["speech-ifeval", "--data", str(data), "--system", "api-text",
+                                              "--base-url", f"{url}/v1", "--model", MODEL_ID,
+                                              "--out", str(tmp_path / "run"), "--no-score"])
+    assert result.exit_code == 0, result.output
+    assert "pass --reference-ifrate" in result.output  # no in-process reference for a served system
+    items, _ = speech_ifeval.load(data)
+    assert len(model.conversations) == len(items)
+    sent = {c[-1]["content"]: c for c in model.conversations}
+    for item in items:
+        expected = item.text_conversation
+        received = sent[expected[-1]["content"]]
+        assert [(m["role"], m["content"]) for m in received] == [(m["role"], m["content"]) for m in expected]
+        assert not any(m.get("audios") for m in received)
+    assert any("the weather is nice today" in content for content in sent)
+
+
 @pytest.mark.integration
 def test_served_desta_tiny_answers_like_the_local_model(tmp_path):
     """The real model behind the real server: greedy predictions over HTTP equal the in-process ones."""

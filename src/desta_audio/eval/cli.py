@@ -21,6 +21,7 @@ class SystemKind(str, Enum):
     backbone = "backbone"
     cascade = "cascade"
     api = "api"
+    api_text = "api-text"
 
 
 def _judge(spec: Optional[str], cache: Optional[Path], base_url: Optional[str], key_env: str, default_model: str,
@@ -40,12 +41,13 @@ def _system(kind: SystemKind, model: str, asr: str, base_url: Optional[str], con
 
     from desta_audio.eval import systems
 
-    if kind is SystemKind.api:
+    if kind in (SystemKind.api, SystemKind.api_text):
         from desta_audio.eval.remote import OpenAIChatSystem
 
         if not base_url:
-            raise typer.BadParameter("--system api needs --base-url (e.g. http://localhost:8000/v1)")
-        return OpenAIChatSystem(base_url, model, api_key=os.environ.get(API_KEY_ENV), concurrency=concurrency)
+            raise typer.BadParameter(f"--system {kind.value} needs --base-url (e.g. http://localhost:8000/v1)")
+        return OpenAIChatSystem(base_url, model, api_key=os.environ.get(API_KEY_ENV), concurrency=concurrency,
+                                text_only=kind is SystemKind.api_text)
     if kind is SystemKind.desta:
         return systems.load_desta(model)
     if kind is SystemKind.cascade:
@@ -164,7 +166,8 @@ def _run(benchmark: str, data: Path, model: str, system_kind: SystemKind, out: O
 DATA = typer.Option(..., "--data", help="local copy: JSON/JSONL file, folder, HF save_to_disk folder or parquet")
 MODEL = typer.Option("desta-mini", "--model", help="preset name, model folder or hub id (backbone/cascade: LLM)")
 SYSTEM = typer.Option(SystemKind.desta, "--system",
-                      help="desta model, text-only backbone, ASR->LLM cascade, or a served model (OpenAI API)")
+                      help="desta model, text-only backbone, ASR->LLM cascade, a served model (OpenAI API), or a "
+                           "served text LLM reading the benchmark's text version (api-text)")
 OUT = typer.Option(None, "--out", help="run folder (default runs/eval/<model>)")
 LIMIT = typer.Option(None, "--limit", help="only the first N items (per file/track/instance)")
 BATCH = typer.Option(4, "--batch-size")

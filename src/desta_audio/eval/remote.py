@@ -73,13 +73,15 @@ def openai_messages(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class OpenAIChatSystem:
-    """A served model reached with the official `openai` client."""
+    """A served model reached with the official `openai` client. `text_only`: a text LLM that gets the benchmark's
+    text version of each item (e.g. the backbone's Speech-IFEval reference, served by vLLM)."""
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, concurrency: int = 8,
-                 timeout_s: float = 600.0, max_retries: int = 3, client: Any = None) -> None:
+                 timeout_s: float = 600.0, max_retries: int = 3, client: Any = None, text_only: bool = False) -> None:
         import openai
 
         self.base_url, self.model, self.concurrency = base_url, model, max(1, concurrency)
+        self.uses_text_audio = text_only
         self.client = client or openai.OpenAI(base_url=base_url, api_key=api_key or "unused", timeout=timeout_s,
                                               max_retries=max_retries)
         self._check_model()
@@ -97,7 +99,8 @@ class OpenAIChatSystem:
             raise ValueError(f"{self.base_url} serves {served}, not {self.model!r}; pass one of them as --model")
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "openai-api", "base_url": self.base_url, "model": self.model}
+        return {"kind": "openai-api-text" if self.uses_text_audio else "openai-api", "base_url": self.base_url,
+                "model": self.model}
 
     def chat(self, conversations: list[list[dict[str, Any]]], *, max_new_tokens: int = 512, do_sample: bool = False,
              temperature: float = 0.7, top_p: float = 0.9, seed: int | None = None, **_: Any) -> list[RemoteReply]:
