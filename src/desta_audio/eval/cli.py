@@ -164,7 +164,8 @@ def _run(benchmark: str, data: Path, model: str, system_kind: SystemKind, out: O
 
 # Shared options (typer needs them spelled out per command).
 DATA = typer.Option(..., "--data", help="local copy: JSON/JSONL file, folder, HF save_to_disk folder or parquet")
-MODEL = typer.Option("desta-mini", "--model", help="preset name, model folder or hub id (backbone/cascade: LLM)")
+MODEL = typer.Option("desta-mini", "--model", help="preset name, model folder or hub id (backbone/cascade: LLM; "
+                                                  "api: the server's model id)")
 SYSTEM = typer.Option(SystemKind.desta, "--system",
                       help="desta model, text-only backbone, ASR->LLM cascade, a served model (OpenAI API), or a "
                            "served text LLM reading the benchmark's text version (api-text)")
@@ -182,8 +183,8 @@ SCORE = typer.Option(True, "--score/--no-score", help="score right after inferen
 ASR = typer.Option("whisper-base", "--asr", help="cascade only: Whisper model for transcription")
 API_KEY_ENV = "DESTA_API_KEY"
 BASE_URL = typer.Option(None, "--base-url",
-                        help=f"--system api: the server, e.g. http://localhost:8000/v1 (desta serve, vLLM); --model is "
-                             f"its model id, the key is read from ${API_KEY_ENV}; --batch-size requests go out at once")
+                        help=f"--system api/api-text: the server, e.g. http://localhost:8000/v1 (desta serve, vLLM); "
+                             f"--model is its model id, the key is read from ${API_KEY_ENV}; --batch-size requests go out at once")
 
 
 @app.command("mmau")
