@@ -184,7 +184,8 @@ ASR = typer.Option("whisper-base", "--asr", help="cascade only: Whisper model fo
 API_KEY_ENV = "DESTA_API_KEY"
 BASE_URL = typer.Option(None, "--base-url",
                         help=f"--system api/api-text: the server, e.g. http://localhost:8000/v1 (desta serve, vLLM); "
-                             f"--model is its model id, the key is read from ${API_KEY_ENV}; --batch-size requests go out at once")
+                             f"--model is its model id, the key is read from ${API_KEY_ENV}; --batch-size requests "
+                             "go out at once")
 
 
 @app.command("mmau")
