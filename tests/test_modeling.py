@@ -251,3 +251,22 @@ def test_stopping_early_never_changes_the_cut_text_or_the_stream(tiny):
         assert apply_stop(prefix, stops)[1], (text, stops, step)
         assert _streamed_cut(tokenizer, ids[:step], stops) == _streamed_cut(tokenizer, ids, stops), (text, stops)
     assert stopped_early > 50
+
+
+def test_vocabulary_head_gets_its_rows_in_standard_layout(tiny):
+    """generate() keeps only the last prompt position; the head must see those rows as a plain (rows, 1, d) block
+    (a strided view makes torch copy the whole head weight per row), and the logits must not change."""
+    seen = []
+    head = tiny.llm_model.get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda _m, args: seen.append((args[0].shape, args[0].stride())))
+    embeds = torch.randn(3, 7, head.in_features)
+    try:
+        with torch.inference_mode():
+            kept = tiny.llm_model(inputs_embeds=embeds, logits_to_keep=1).logits
+            full = tiny.llm_model(inputs_embeds=embeds).logits
+    finally:
+        handle.remove()
+    d = head.in_features
+    assert seen[0] == (torch.Size([3, 1, d]), (d, d, 1))  # not the view's (7 * d, d, 1)
+    assert seen[1] == (torch.Size([3, 7, d]), (7 * d, d, 1))  # full hidden states pass through untouched
+    torch.testing.assert_close(kept[:, -1], full[:, -1])
