@@ -26,7 +26,7 @@ def test_text_backbone_batched_equals_single(backbone):
 
 def test_cascade_replaces_audio_with_transcripts(backbone, tmp_path):
     heard = []
-    cascade = Cascade(lambda audio: heard.append(audio.shape) or "the dog barks", backbone)
+    cascade = Cascade(lambda audios: [heard.append(a.shape) or "the dog barks" for a in audios], backbone)
     seen = []
     original = backbone.chat
     backbone.chat = lambda convs, **g: seen.extend(convs) or original(convs, **g)
@@ -37,3 +37,41 @@ def test_cascade_replaces_audio_with_transcripts(backbone, tmp_path):
     assert heard == [(16000,)]  # resampled to 16 kHz before ASR
     assert seen[0][1] == {"role": "user", "content": "the dog barks\nWhat animal?"}
     assert read_jsonl(out)[0]["transcripts"] == ["the dog barks"]
+
+
+def test_cascade_transcribes_a_whole_batch_in_one_call_and_given_text_wins(backbone):
+    calls = []
+
+    def transcribe(audios):
+        calls.append([a.size for a in audios])
+        return [f"clip of {a.size}" for a in audios]
+
+    cascade = Cascade(transcribe, backbone)
+    one = audio_message("", "<|AUDIO|> then <|AUDIO|>", [np.zeros(1600, np.float32), np.zeros(3200, np.float32)])
+    two = [{"role": "user", "content": "<|AUDIO|> and <|AUDIO|>",
+            "audios": [{"audio": np.zeros(4800, np.float32), "text": "known words"},
+                       {"audio": np.zeros(6400, np.float32), "text": None}]}]
+    replies = cascade.chat([one, two], max_new_tokens=2)
+    assert calls == [[1600, 3200, 6400]]  # one call, in order, the clip with a given transcript left out
+    assert replies[0].transcripts == ["clip of 1600", "clip of 3200"]
+    assert replies[1].transcripts == ["known words", "clip of 6400"]
+
+
+@pytest.mark.integration
+def test_whisper_asr_hears_past_30_seconds_and_batches_like_single_calls(tmp_path):
+    import shutil
+
+    from desta_audio import zoo
+    from desta_audio.audio import load_audio
+    from desta_audio.eval.systems import WhisperASR
+    from tests.eval.helpers import write_speech
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng")
+    first = load_audio(str(write_speech(tmp_path / "a.wav", "The cat sleeps on the warm sofa.")))
+    second = load_audio(str(write_speech(tmp_path / "b.wav", "Tomorrow we travel to London by train.")))
+    long_clip = np.concatenate([first, np.zeros(16_000 * 32 - first.size, np.float32), second])  # 2nd after 32 s
+    asr = WhisperASR(zoo.resolve_component("whisper-base"))
+    batched = asr.transcribe([first, long_clip, second])
+    assert batched == [asr(first), asr(long_clip), asr(second)]
+    assert "cat" in batched[1].lower() and "london" in batched[1].lower()  # both windows of the long clip

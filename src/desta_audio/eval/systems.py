@@ -97,7 +97,11 @@ class TextBackbone:
 
 
 class WhisperASR:
-    """Greedy Whisper transcription from a local HF folder (language detected, no timestamps)."""
+    """Greedy Whisper transcription from a local HF folder (language detected, no timestamps). Clips longer than
+    30 s are cut into 30 s windows like the DeSTA model's own input, and their transcripts joined; windows from all
+    clips go through the decoder in batches."""
+
+    batch_size = 16
 
     def __init__(self, path: str | Path):
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
@@ -107,18 +111,31 @@ class WhisperASR:
         self.name = str(path)
 
     def __call__(self, audio: np.ndarray) -> str:
+        return self.transcribe([audio])[0]
+
+    def transcribe(self, audios: list[np.ndarray]) -> list[str]:
         import torch
 
-        features = self.processor(audio, sampling_rate=16_000, return_tensors="pt").input_features
-        with torch.no_grad():
-            ids = self.model.generate(features.to(self.model.dtype), max_new_tokens=128, task="transcribe")
-        return self.processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
+        from desta_audio.audio import SAMPLE_RATE, split_windows
+
+        windows = [(owner, window) for owner, audio in enumerate(audios) for window in split_windows(audio)]
+        texts: list[str] = []
+        for start in range(0, len(windows), self.batch_size):
+            chunk = [window for _, window in windows[start:start + self.batch_size]]
+            features = self.processor(chunk, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+            with torch.no_grad():
+                ids = self.model.generate(features.to(self.model.dtype), max_new_tokens=128, task="transcribe")
+            texts += [text.strip() for text in self.processor.batch_decode(ids, skip_special_tokens=True)]
+        return [" ".join(text for (owner, _), text in zip(windows, texts) if owner == index and text)
+                for index in range(len(audios))]
 
 
 class Cascade:
-    """ASR -> text LLM baseline: each `<|AUDIO|>` is replaced by the transcript of its clip."""
+    """ASR -> text LLM baseline: each `<|AUDIO|>` is replaced by the transcript of its clip. `transcribe` maps a
+    list of 16 kHz clips to their transcripts (all clips of a batch in one call)."""
 
-    def __init__(self, transcribe: Callable[[np.ndarray], str], backbone: TextBackbone, asr_name: str = "asr"):
+    def __init__(self, transcribe: Callable[[list[np.ndarray]], list[str]], backbone: TextBackbone,
+                 asr_name: str = "asr"):
         self.transcribe, self.backbone, self.asr_name = transcribe, backbone, asr_name
 
     @classmethod
@@ -126,27 +143,29 @@ class Cascade:
         from desta_audio import zoo
 
         asr = WhisperASR(zoo.resolve_component(whisper))
-        return cls(asr, TextBackbone.from_path(zoo.resolve_component(llm)), asr_name=whisper)
+        return cls(asr.transcribe, TextBackbone.from_path(zoo.resolve_component(llm)), asr_name=whisper)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "cascade", "asr": self.asr_name, "llm": self.backbone.name}
 
-    def _as_text(self, conversation: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    def chat(self, conversations: list[list[dict[str, Any]]], **generation: Any) -> list[TextReply]:
         from desta_audio.audio import load_audio
 
-        messages, transcripts = [], []
-        for message in conversation:
-            content = message["content"]
-            for entry in message.get("audios") or []:
-                text = entry.get("text") or self.transcribe(load_audio(entry["audio"]))
-                transcripts.append(text)
-                content = content.replace(AUDIO_TAG, text, 1)
-            messages.append({"role": message["role"], "content": content})
-        return messages, transcripts
-
-    def chat(self, conversations: list[list[dict[str, Any]]], **generation: Any) -> list[TextReply]:
-        converted = [self._as_text(c) for c in conversations]
-        replies = self.backbone.chat([messages for messages, _ in converted], **generation)
-        for reply, (_, transcripts) in zip(replies, converted):
-            reply.transcripts = transcripts
+        entries = [entry for c in conversations for m in c for entry in m.get("audios") or []]
+        heard = iter(self.transcribe([load_audio(e["audio"]) for e in entries if not e.get("text")]))
+        in_order = iter([entry.get("text") or next(heard) for entry in entries])  # a given transcript wins
+        prompts, transcripts = [], []
+        for conversation in conversations:
+            messages, used = [], []
+            for message in conversation:
+                content = message["content"]
+                for _ in message.get("audios") or []:
+                    used.append(next(in_order))
+                    content = content.replace(AUDIO_TAG, used[-1], 1)
+                messages.append({"role": message["role"], "content": content})
+            prompts.append(messages)
+            transcripts.append(used)
+        replies = self.backbone.chat(prompts, **generation)
+        for reply, used in zip(replies, transcripts):
+            reply.transcripts = used
         return replies
