@@ -7,6 +7,7 @@ caller's thread count.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 from desta_audio.audio import SAMPLE_RATE
 
 
+@functools.cache  # the side effect comes with the first import only; later calls need not touch the threads
 def _silero() -> Any:
     threads = torch.get_num_threads()
     import silero_vad
