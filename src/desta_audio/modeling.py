@@ -6,13 +6,12 @@ Generation uses the LLM's stock `generate()` on `inputs_embeds`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -274,19 +273,13 @@ class DeSTAModel(nn.Module):
 
     def transcribe_windows(self, encoder_states: torch.Tensor) -> list[str]:
         """Greedy Whisper transcripts (language detected, no timestamps) from the encoder pass already made."""
-        from transformers.modeling_outputs import BaseModelOutput
+        from desta_audio.whisper_asr import transcribe_encoded
 
         texts: list[str] = []
         for start in range(0, len(encoder_states), ENCODER_BATCH):
-            with _whisper_generate_quietly():
-                ids = self.perception.whisper.generate(
-                    encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states[start:start + ENCODER_BATCH]),
-                    max_new_tokens=self.config.max_transcript_tokens,
-                    do_sample=False,
-                    task="transcribe",
-                    return_timestamps=False,
-                )
-            texts += [t.strip() for t in self.whisper_tokenizer.batch_decode(ids, skip_special_tokens=True)]
+            texts += [t.text for t in transcribe_encoded(self.perception.whisper, self.whisper_tokenizer,
+                                                         encoder_states[start:start + ENCODER_BATCH],
+                                                         max_new_tokens=self.config.max_transcript_tokens)]
         return texts
 
     def resolve_transcripts(self, given: list[str | None], arrays: list[np.ndarray], windows_per_audio: list[int],
@@ -485,21 +478,6 @@ class DeSTAModel(nn.Module):
         if system is not None:
             conversation.insert(0, {"role": "system", "content": system})
         return self.chat([conversation], **generation)[0]
-
-
-@contextlib.contextmanager
-def _whisper_generate_quietly() -> Iterator[None]:
-    """Whisper's generate() warns on every call about its own argument passing (generation_config beside suppress
-    tokens, max_length 448 beside max_new_tokens) and about the unpadded decoder prompt's attention mask; none of
-    it applies to greedy decoding of whole windows, so transformers' warnings are silenced for that call only."""
-    from transformers.utils import logging as transformers_logging
-
-    level = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        transformers_logging.set_verbosity(level)
 
 
 def _head_input_in_standard_layout(_head: nn.Module, args: tuple) -> tuple | None:

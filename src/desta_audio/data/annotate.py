@@ -239,24 +239,19 @@ class AsrAnnotator(Annotator):
             folder = str(zoo.prepare_whisper("whisper-base"))
         self._processor = WhisperProcessor.from_pretrained(folder)
         self._model = WhisperForConditionalGeneration.from_pretrained(folder).eval()
-        lang_to_id = getattr(self._model.generation_config, "lang_to_id", None) or {}
-        self._id_to_language = {token_id: token.strip("<|>") for token, token_id in lang_to_id.items()}
 
     def __call__(self, clip: Clip) -> dict[str, Any]:
-        import torch
+        from desta_audio.whisper_asr import transcribe_encoded, whisper_encode
 
         if clip.fields.get("speech_segments") == []:
             return {"text": "", "language": None}
         if self._model is None:
             self._load()
         features = self._processor(clip.audio[: 30 * SAMPLE_RATE], sampling_rate=SAMPLE_RATE, return_tensors="pt")
-        with torch.inference_mode():
-            language_id = int(self._model.detect_language(features.input_features)[0])
-            language = self._id_to_language.get(language_id)
-            tokens = self._model.generate(features.input_features, max_new_tokens=128, task="transcribe",
-                                          language=language, do_sample=False, return_timestamps=False)  # fmt: skip
-        text = self._processor.batch_decode(tokens, skip_special_tokens=True)[0].strip()
-        return {"text": text, "language": LANGUAGE_NAMES.get(language, language) if language else None}
+        heard = transcribe_encoded(self._model, self._processor.tokenizer,
+                                   whisper_encode(self._model, features.input_features), max_new_tokens=128)[0]
+        language = heard.language
+        return {"text": heard.text, "language": LANGUAGE_NAMES.get(language, language) if language else None}
 
 
 LANGUAGE_NAMES = {

@@ -114,18 +114,17 @@ class WhisperASR:
         return self.transcribe([audio])[0]
 
     def transcribe(self, audios: list[np.ndarray]) -> list[str]:
-        import torch
-
         from desta_audio.audio import SAMPLE_RATE, split_windows
+        from desta_audio.whisper_asr import transcribe_encoded, whisper_encode
 
         windows = [(owner, window) for owner, audio in enumerate(audios) for window in split_windows(audio)]
         texts: list[str] = []
         for start in range(0, len(windows), self.batch_size):
             chunk = [window for _, window in windows[start:start + self.batch_size]]
             features = self.processor(chunk, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
-            with torch.no_grad():
-                ids = self.model.generate(features.to(self.model.dtype), max_new_tokens=128, task="transcribe")
-            texts += [text.strip() for text in self.processor.batch_decode(ids, skip_special_tokens=True)]
+            texts += [heard.text for heard in transcribe_encoded(self.model, self.processor.tokenizer,
+                                                                 whisper_encode(self.model, features),
+                                                                 max_new_tokens=128)]
         return [" ".join(text for (owner, _), text in zip(windows, texts) if owner == index and text)
                 for index in range(len(audios))]
 
