@@ -9,7 +9,6 @@ import soundfile as sf
 
 from desta_audio.data.annotate import (
     AnnotationCache,
-    Clip,
     annotate_item,
     band,
     build_annotators,

@@ -10,7 +10,6 @@ from tests.eval.helpers import wav_bytes
 def _hf_folder(path, columns, audio_columns=("audio",), split="test"):
     import datasets
 
-    features = {name: datasets.Audio(sampling_rate=16_000) if name in audio_columns else None for name in columns}
     table = datasets.Dataset.from_dict(columns)
     for name in audio_columns:
         table = table.cast_column(name, datasets.Audio(sampling_rate=16_000, decode=False))

@@ -17,7 +17,7 @@ def _sakura_fixture(root):
             "file": "clip1.wav", "attribute_label": label,
             "single_instruction": f"What is it? (a) cat (b) {label}",
             "single_answer": f"(b) {label}",
-            "multi_instruction": f"Which is related? (a) bone (b) fish", "multi_answer": "(a) bone",
+            "multi_instruction": "Which is related? (a) bone (b) fish", "multi_answer": "(a) bone",
         }]))
     return root
 
@@ -64,7 +64,7 @@ def test_sakura_verdict_parser(text, expected):
 
 
 def _sif_fixture(root):
-    audio = write_speech(root / "audios" / "a1.wav", "the weather is nice today")
+    write_speech(root / "audios" / "a1.wav", "the weather is nice today")
     common = {"audio_filepath": "audios/a1.wav", "textual_audio": "[00:00-00:02] the weather is nice today",
               "dataset": "ASR", "label": "the weather is nice today", "key": 1}
     files = {

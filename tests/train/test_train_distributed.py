@@ -2,7 +2,6 @@
 batch; FSDP with LoRA on the sharded LLM also saves, resumes and writes the same final adapter."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys

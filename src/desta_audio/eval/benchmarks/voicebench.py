@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
