@@ -19,6 +19,7 @@ from torch import nn
 
 from desta_audio.audio import SAMPLE_RATE, load_audio, split_windows
 from desta_audio.config import DeSTAConfig
+from desta_audio.few_rows_linear import use_few_rows_linear
 from desta_audio.processing import (
     Batch,
     Conversation,
@@ -144,6 +145,8 @@ class DeSTAModel(nn.Module):
         self.conversations = ConversationEncoder(
             tokenizer, system_prompt=config.system_prompt, placeholder_id=self._placeholder_id()
         )
+        use_few_rows_linear(whisper)  # decode steps on a CPU (see few_rows_linear)
+        use_few_rows_linear(llm)
         head = llm.get_output_embeddings()
         if head is not None:
             head.register_forward_pre_hook(_head_input_in_standard_layout)

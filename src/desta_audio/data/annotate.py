@@ -232,13 +232,15 @@ class AsrAnnotator(Annotator):
     def _load(self) -> None:
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
+        from desta_audio.few_rows_linear import use_few_rows_linear
+
         folder = self.whisper
         if folder is None:
             from desta_audio import zoo
 
             folder = str(zoo.prepare_whisper("whisper-base"))
         self._processor = WhisperProcessor.from_pretrained(folder)
-        self._model = WhisperForConditionalGeneration.from_pretrained(folder).eval()
+        self._model = use_few_rows_linear(WhisperForConditionalGeneration.from_pretrained(folder).eval())
 
     def __call__(self, clip: Clip) -> dict[str, Any]:
         from desta_audio.whisper_asr import transcribe_encoded, whisper_encode

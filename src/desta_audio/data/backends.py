@@ -100,8 +100,10 @@ class TransformersBackend(Backend):
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.tokenizer.padding_side = "left"
+        from desta_audio.few_rows_linear import use_few_rows_linear
+
         self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=getattr(torch, dtype)).to(self.device)
-        self.model.eval()
+        use_few_rows_linear(self.model.eval())
         self.eos_ids = self._stop_ids()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
         self._sha: str | None = None

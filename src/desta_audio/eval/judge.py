@@ -72,7 +72,9 @@ class TransformersJudge:
 
         self.name = f"local:{Path(path).name}"
         self._tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self._model = AutoModelForCausalLM.from_pretrained(str(path)).to(device).eval()
+        from desta_audio.few_rows_linear import use_few_rows_linear
+
+        self._model = use_few_rows_linear(AutoModelForCausalLM.from_pretrained(str(path)).to(device).eval())
 
     def judge(self, messages: Messages, **params: Any) -> str:
         import torch

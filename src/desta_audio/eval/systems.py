@@ -57,8 +57,11 @@ class TextBackbone:
     def from_path(cls, path: str | Path) -> TextBackbone:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from desta_audio.few_rows_linear import use_few_rows_linear
+
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        return cls(AutoModelForCausalLM.from_pretrained(str(path)).eval(), tokenizer, name=str(path))
+        return cls(use_few_rows_linear(AutoModelForCausalLM.from_pretrained(str(path)).eval()), tokenizer,
+                   name=str(path))
 
     @classmethod
     def from_desta(cls, model: Any) -> TextBackbone:
@@ -106,8 +109,10 @@ class WhisperASR:
     def __init__(self, path: str | Path):
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
+        from desta_audio.few_rows_linear import use_few_rows_linear
+
         self.processor = WhisperProcessor.from_pretrained(str(path))
-        self.model = WhisperForConditionalGeneration.from_pretrained(str(path)).eval()
+        self.model = use_few_rows_linear(WhisperForConditionalGeneration.from_pretrained(str(path)).eval())
         self.name = str(path)
 
     def __call__(self, audio: np.ndarray) -> str:
