@@ -45,6 +45,9 @@ def test_missing_empty_corrupt_and_directory(tmp_path):
     (tmp_path / "junk.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
     with pytest.raises(AudioError, match="cannot decode"):
         load_audio(tmp_path / "junk.wav")
+    (tmp_path / "notes.mp3").write_text("hello, this is text\n")
+    with pytest.raises(AudioError, match=r"cannot decode as audio \(not a recognised audio format, or corrupt\)"):
+        load_audio(tmp_path / "notes.mp3")
     with pytest.raises(AudioError, match="directory"):
         load_audio(tmp_path)
 

@@ -56,8 +56,11 @@ def _read_file(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
     try:
         info = sf.info(str(path))
     except Exception as error:  # libsndfile's messages are terse; say what we tried
+        reason = _first_line(error)
+        if "does not exist" in reason:  # libsndfile's words for a file it could not parse (e.g. text named .mp3)
+            reason = "not a recognised audio format, or corrupt"
         raise AudioError(
-            f"{path}: cannot decode as audio ({_first_line(error)}); "
+            f"{path}: cannot decode as audio ({reason}); "
             "supported: wav, flac, ogg/vorbis/opus, mp3; convert other formats with ffmpeg or sox"
         ) from None
     if info.samplerate <= 0 or info.frames <= 0:
