@@ -58,3 +58,37 @@ def test_speech_ifeval_runs_reference_backbone_and_replays_judge(tmp_path, monke
     assert replay.exit_code == 0, replay.output
     assert json.loads((out / "speech_ifeval.scores.json").read_text())["ifrate"] == scores["ifrate"]
     assert (out / "judge-cache.jsonl").read_text().splitlines() == cache_lines  # nothing new was asked
+
+
+def test_unreadable_benchmark_data_is_a_one_line_error_before_any_model_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "_system", lambda *_: (_ for _ in ()).throw(AssertionError("model loaded")))
+    monkeypatch.chdir(tmp_path)  # short relative paths: the error box wraps long lines
+    cases = {
+        "broken.jsonl": ('{"id": 1, "question": "q"\n', "broken.jsonl:1: not valid JSON"),
+        "broken.json": ('[{"id": 1},\n', "broken.json:2: not valid JSON"),
+        "numbers.json": ("[1, 2]", "record 1 is not an object"),
+        "scalar.json": ('"text"', "expected a list of records"),
+        "no_choices.json": ('[{"id": "x", "question": "q", "answer": "a", "audio_id": "a.wav"}]',
+                            "a record has no 'choices' field"),
+    }
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_text(content)
+        result = CliRunner().invoke(cli.app, ["mmau", "--data", name, "--model", "fake", "--out", "run"],
+                                    env={"COLUMNS": "300"})
+        text = " ".join(result.output.replace("│", " ").split())
+        assert result.exit_code == 2 and message in text, (name, result.output)
+        assert "Traceback" not in result.output
+    missing = CliRunner().invoke(cli.app, ["mmau", "--data", "nope", "--model", "fake"], env={"COLUMNS": "300"})
+    assert missing.exit_code == 2 and "no such file or folder" in " ".join(missing.output.replace("│", " ").split())
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreadable_predictions_and_empty_run_folder_are_one_line_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "mmau.predictions.jsonl").write_text('{"id": 1}\nnot json\n')
+    score = CliRunner().invoke(cli.app, ["score", "run/mmau.predictions.jsonl", "--benchmark", "mmau"],
+                               env={"COLUMNS": "300"})
+    assert score.exit_code == 2 and "mmau.predictions.jsonl:2: not valid JSON" in score.output
+    report = CliRunner().invoke(cli.app, ["report", "run"], env={"COLUMNS": "300"})
+    assert report.exit_code == 2 and "no *.scores.json" in report.output

@@ -69,7 +69,10 @@ def _score_file(predictions: Path, judge: Any, options: dict[str, Any], benchmar
     if name is None:
         raise typer.BadParameter(f"{predictions}: no manifest beside it; say which benchmark with --benchmark")
     module = get_benchmark(name)
-    rows = read_jsonl(predictions)
+    try:
+        rows = read_jsonl(predictions)
+    except (FileNotFoundError, ValueError) as error:
+        raise typer.BadParameter(str(error)) from None
     kwargs = {k: v for k, v in options.items() if v is not None and k != "judge_prompts_file"}
     if options.get("judge_prompts_file") is not None:
         kwargs["judge_prompts"] = _judge_prompt_overrides(module, options["judge_prompts_file"])
@@ -127,7 +130,13 @@ def _run(benchmark: str, data: Path, model: str, system_kind: SystemKind, out: O
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     module = get_benchmark(benchmark)
-    items, info = module.load(data, limit=limit, **{k: v for k, v in load_options.items() if v is not None})
+    try:
+        items, info = module.load(data, limit=limit, **{k: v for k, v in load_options.items() if v is not None})
+    except KeyError as error:
+        raise typer.BadParameter(f"{data}: a record has no {error} field; --data must be {benchmark}'s own release "
+                                 "format (see the README's evaluation section)") from None
+    except (FileNotFoundError, ValueError) as error:
+        raise typer.BadParameter(str(error)) from None
     if not items:
         raise typer.BadParameter(f"{data}: no items loaded for {benchmark}")
     out_dir = out or Path("runs") / "eval" / Path(model).name
@@ -315,7 +324,11 @@ def report_command(run_dir: Path = typer.Argument(..., help="run folder with *.s
     """Markdown + JSON tables beside the published numbers, and a PNG chart."""
     from desta_audio.eval.report import write_report
 
-    for kind, path in write_report(run_dir, label).items():
+    try:
+        written = write_report(run_dir, label)
+    except (FileNotFoundError, ValueError) as error:
+        raise typer.BadParameter(str(error)) from None
+    for kind, path in written.items():
         typer.echo(f"{kind}: {path}")
 
 

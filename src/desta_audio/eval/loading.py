@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from desta_audio.eval.records import AudioRef
+from desta_audio.eval.records import AudioRef, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -41,18 +41,31 @@ def load_rows(path: str | Path, split: str | None = None) -> list[dict[str, Any]
     if suffix == ".parquet":
         return _load_parquet(path)
     if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+        return _only_objects(path, read_jsonl(path))
     if suffix == ".json":
         with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-        if isinstance(data, dict):  # some releases key items by id
+            try:
+                data = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+        if isinstance(data, dict) and all(isinstance(value, dict) for value in data.values()):
+            # some releases key items by id
             data = [dict(value, **({"id": key} if "id" not in value else {})) for key, value in data.items()]
-        return data
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a list of records (or records keyed by id), got {type(data).__name__}")
+        return _only_objects(path, data)
     if suffix == ".csv":
         with open(path, encoding="utf-8", newline="") as handle:
             return list(csv.DictReader(handle))
     raise ValueError(f"{path}: unsupported format {suffix!r}; expected one of {', '.join(TABLE_SUFFIXES)} or a folder")
+
+
+def _only_objects(path: Path, rows: list[Any]) -> list[dict[str, Any]]:
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: record {number} is not an object with the benchmark's fields "
+                             f"(got {type(row).__name__})")
+    return rows
 
 
 def _load_hf_disk(path: Path, split: str | None) -> list[dict[str, Any]]:
