@@ -37,7 +37,9 @@ def train(
         typer.echo(dump_config(resolved))
         return
 
+    from desta_audio.audio import AudioError
     from desta_audio.train.recipe import Trainer, TrainingError
+    from desta_audio.train.records import RecordError
 
     try:
         if cache_only:
@@ -55,6 +57,9 @@ def train(
     except TrainingError as error:
         typer.echo(f"training stopped: {error}", err=True)
         raise typer.Exit(1) from None
+    except (RecordError, AudioError) as error:
+        typer.echo(f"cannot train on this data: {error}", err=True)
+        raise typer.Exit(2) from None
     if os.environ.get("RANK", "0") != "0":  # one report per run under torchrun
         return
     if result.final_adapter is not None:

@@ -309,6 +309,7 @@ class Trainer:
         np.random.seed(config.run.seed + self.dist.rank)
         mixed = config.run.precision == "bf16" or (config.run.precision == "auto" and self.device.type == "cuda")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if mixed else contextlib.nullcontext()
+        self._load_data()  # before the model: bad records fail in seconds, not after loading the weights
         if self.model is None:
             self.model = build_model(config, self.device)
         self.model.to(self.device)
@@ -317,7 +318,6 @@ class Trainer:
         log.info("trainable: %d tensors, %.2fM parameters", len(self.parameters),
                  sum(p.numel() for p in self.parameters) / 1e6)
 
-        self._load_data()
         cache = self._prepare_cache() if config.cache.enabled else None
         self.features = AudioFeatures(self.model, cache, encoder_trainable=config.encoder.mode != "frozen")
         if cache_only:

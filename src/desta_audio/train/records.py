@@ -101,6 +101,9 @@ def parse_record(row: dict[str, Any], audio_root: Path, where: str = "record") -
                     raise RecordError(f"{where}: each audio must be {{'audio': path, 'text': transcript}}")
                 path = Path(audio["audio"]).expanduser()
                 path = path if path.is_absolute() else audio_root / path
+                if not path.is_file():
+                    raise RecordError(f"{where}: audio {audio['audio']!r} not found (looked for {path}); fix the "
+                                      "path, pass data.audio_root, or drop the record")
                 items.append({"audio": str(path), "text": audio.get("text")})
                 audios.append(AudioItem(str(path), audio.get("text")))
             message["audios"] = items
