@@ -59,3 +59,14 @@ def test_prompts_command_shows_the_pool():
     result = runner.invoke(app, ["prompts", "--show", "3"])
     assert result.exit_code == 0, result.output
     assert "prompts;" in result.output and result.output.count("\n[") >= 2
+
+
+def test_malformed_sources_end_with_one_line(tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"audio": "a.wav", "text": "hello there"}\nnot json\n')
+    for command in (["annotate", str(manifest), "--out", str(tmp_path / "a.jsonl"), "--annotators", "duration"],
+                    ["describe", str(manifest), "--out", str(tmp_path / "d.jsonl")],
+                    ["generate", str(manifest), "--out", str(tmp_path / "g"), "--target", "template"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, (command, result.output)
+        assert "m.jsonl:2 is not valid JSON" in result.output and not isinstance(result.exception, ValueError)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -18,6 +20,20 @@ logger = logging.getLogger(__name__)
 MappingOption = Annotated[
     Path | None, typer.Option("--mapping", "-m", help="YAML mapping of metadata columns to description attributes.")
 ]
+
+
+def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Unreadable sources, malformed rows and missing files end the command with their message, not a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (FileNotFoundError, ValueError) as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+    return run
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -31,6 +47,7 @@ def _items(source: Path, mapping: Path | None):
 
 
 @app.command()
+@_one_line_errors
 def describe(
     source: Annotated[Path, typer.Argument(help="Manifest (.jsonl/.csv/.tsv), parquet file or datasets folder.")],
     mapping: MappingOption = None,
@@ -57,6 +74,7 @@ def describe(
 
 
 @app.command()
+@_one_line_errors
 def annotate(
     source: Annotated[Path, typer.Argument(help="Manifest, parquet file or datasets folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Annotated JSONL manifest to write.")],
@@ -85,6 +103,7 @@ def annotate(
 
 
 @app.command()
+@_one_line_errors
 def prompts(
     build: Annotated[bool, typer.Option(help="Rebuild the shipped pool file and manifest from the templates.")] = False,
     show: Annotated[int, typer.Option(help="Print this many prompts sampled by weight.")] = 0,
@@ -127,6 +146,7 @@ def prompts(
 
 
 @app.command()
+@_one_line_errors
 def generate(
     source: Annotated[Path, typer.Argument(help="Manifest, describe output, parquet file or datasets folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (shards); rerun to resume.")],
@@ -221,6 +241,7 @@ def _backend_factory(target, backend, model, base_url, api_key, concurrency, tim
 
 
 @app.command()
+@_one_line_errors
 def stats(
     folder: Annotated[Path, typer.Argument(help="Output folder of `desta data generate`.")],
     png: Annotated[Path | None, typer.Option(help="Histogram PNG (default: <folder>/response_lengths.png).")] = None,
