@@ -4,10 +4,7 @@ import subprocess
 import pytest
 import torch
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed"),
-]
+real_speech = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
 SENTENCES = {
     "en-us": "The weather in Paris is sunny today.",
@@ -42,6 +39,8 @@ def encoded(whisper_base, tmp_path_factory):
     return whisper_encode(model, features)
 
 
+@pytest.mark.integration
+@real_speech
 def test_same_tokens_as_whisper_generate_with_one_key_value_projection(whisper_base, encoded):
     from transformers.modeling_outputs import BaseModelOutput
 
@@ -68,6 +67,8 @@ def test_same_tokens_as_whisper_generate_with_one_key_value_projection(whisper_b
     assert "paris" in heard[0].text.lower() and "today" in heard[0].text.lower()
 
 
+@pytest.mark.integration
+@real_speech
 def test_batch_equals_single_windows_and_leaves_the_model_config_alone(whisper_base, encoded):
     from desta_audio.whisper_asr import transcribe_encoded
 
@@ -77,3 +78,24 @@ def test_batch_equals_single_windows_and_leaves_the_model_config_alone(whisper_b
                for i in reversed(range(len(encoded)))][::-1]  # fmt: skip
     assert batched == singles
     assert getattr(model.generation_config, "language", None) is None  # a detected language does not stick
+
+
+def test_english_only_model_gets_no_language_or_task():
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
+
+    from desta_audio.whisper_asr import transcribe_encoded
+
+    torch.manual_seed(0)
+    config = WhisperConfig(vocab_size=120, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                           decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                           max_target_positions=64, decoder_start_token_id=100, eos_token_id=101, pad_token_id=101)
+    model = WhisperForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(decoder_start_token_id=100, eos_token_id=101, pad_token_id=101,
+                                               no_timestamps_token_id=102, is_multilingual=False)
+
+    class Digits:
+        def batch_decode(self, ids, skip_special_tokens=True):
+            return [" ".join(str(i) for i in row.tolist() if i < 100) for row in ids]
+
+    heard = transcribe_encoded(model, Digits(), torch.randn(2, 1500, 16), max_new_tokens=5)
+    assert [h.language for h in heard] == [None, None] and all(h.text for h in heard)

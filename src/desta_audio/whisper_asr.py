@@ -39,7 +39,7 @@ def transcribe_encoded(whisper: nn.Module, tokenizer, encoder_states: torch.Tens
     config = whisper.generation_config
     lang_to_id = getattr(config, "lang_to_id", None) or {}
     languages: list[str | None] = [None] * len(encoder_states)
-    extra = {}
+    extra = {}  # English-only models (*.en) take neither a language nor a task
     with torch.no_grad():
         if lang_to_id:
             cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
@@ -52,10 +52,10 @@ def transcribe_encoded(whisper: nn.Module, tokenizer, encoder_states: torch.Tens
             # Decoding starts again from the start token; the filled cross-attention half of the cache is kept.
             cache.self_attention_cache.crop(0)
             languages = [token.strip("<|>") for token in chosen]
-            extra = {"language": chosen, "past_key_values": cache}
+            extra = {"language": chosen, "task": "transcribe", "past_key_values": cache}
         with _whisper_generate_quietly():
             ids = whisper.generate(encoder_outputs=encoded, max_new_tokens=max_new_tokens, do_sample=False,
-                                   task="transcribe", return_timestamps=False, **extra)  # fmt: skip
+                                   return_timestamps=False, **extra)  # fmt: skip
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
     return [Transcription(text.strip(), language) for text, language in zip(texts, languages)]
 
