@@ -232,6 +232,16 @@ def test_cli_builds_and_reports(tmp_path, monkeypatch):
     assert (tmp_path / "c" / "train.jsonl").exists() and (tmp_path / "c" / "corpus.json").exists()
 
 
+def test_cli_refuses_a_file_as_out_dir(tmp_path):
+    from desta_audio.recipe.cli import app
+
+    (tmp_path / "taken").write_text("not a folder")
+    for command in ("corpus", "mini"):
+        result = CliRunner().invoke(app, [command, str(tmp_path / "taken")])
+        assert result.exit_code == 1 and "exists and is not a folder" in result.output, result.output
+    assert (tmp_path / "taken").read_text() == "not a folder"
+
+
 @needs_espeak
 def test_same_seed_gives_byte_identical_corpus_whatever_the_worker_count(tmp_path):
     first = build_corpus(tmp_path / "a", size=16, seed=5, workers=2, progress=False)

@@ -18,6 +18,12 @@ def _recipe() -> None:
     """Keeps the steps named subcommands."""
 
 
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        typer.echo(f"error: {out_dir} exists and is not a folder; name a new or existing folder", err=True)
+        raise typer.Exit(1)
+
+
 @app.command()
 def corpus(
     out_dir: Annotated[Path, typer.Argument(help="Folder for audio/, train.jsonl, heldout.jsonl, corpus.json.")],
@@ -31,10 +37,11 @@ def corpus(
     """Build the corpus (resumable: clips already written are kept) and print its counts."""
     from desta_audio.recipe.corpus import build_corpus
 
+    _check_out_dir(out_dir)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = build_corpus(out_dir, size=size, seed=seed, workers=workers, progress=not quiet)
-    except (RuntimeError, ValueError) as err:
+    except (OSError, RuntimeError, ValueError) as err:  # OSError: OUT_DIR a file, disk full, no permission
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     summary = result.summary
@@ -66,6 +73,7 @@ def mini(
     adapter OUT_DIR/runs/self/final (use it with `desta ask --model OUT_DIR/runs/self/final ...`)."""
     from desta_audio.recipe.mini import TARGET_SOURCES, RecipeSettings, run_recipe
 
+    _check_out_dir(out_dir)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     unknown = sorted(set(source or []) - set(TARGET_SOURCES))
     if unknown:
@@ -73,7 +81,7 @@ def mini(
     settings = RecipeSettings(out_dir=out_dir, corpus_size=corpus_size, clips=clips, records=records, seed=seed)
     try:
         report = run_recipe(settings, source or None, progress=not quiet, echo=typer.echo)
-    except (RuntimeError, ValueError) as err:
+    except (OSError, RuntimeError, ValueError) as err:  # OSError: OUT_DIR a file, disk full, no permission
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     typer.echo(report.read_text(encoding="utf-8").split("```")[0])
