@@ -45,3 +45,11 @@ def test_swap_keeps_parameters_state_dict_and_leaves_other_layers(monkeypatch):
 def test_loaded_models_use_it(tiny):
     assert type(tiny.llm_model.lm_head) is FewRowsLinear
     assert type(tiny.perception.whisper.model.decoder.layers[0].fc1) is FewRowsLinear
+
+
+def test_vocabulary_head_layout_hook_is_registered_once(tiny):
+    head = tiny.llm_model.get_output_embeddings()
+    hooks = len(head._forward_pre_hooks)
+    assert hooks >= 1  # registered when the model was built
+    use_few_rows_linear(tiny.llm_model)
+    assert len(head._forward_pre_hooks) == hooks
