@@ -2,12 +2,17 @@
 
     python benchmarks/bench_serve.py                           # desta-tiny: sequential, then 1 / 4 / 16 clients
     python benchmarks/bench_serve.py --model desta-mini --max-tokens 32 --concurrency 1 4 16
+    python benchmarks/bench_serve.py --concurrency 4 --turns 0  # no multi-turn section
 
 Starts `desta serve` as a subprocess on a free loopback port (so the clients do not share its interpreter), sends
 the same mix of requests (a spoken clip + a question, greedy, `max_tokens` answer; every fourth request text-only)
 with the official openai client from N threads, and prints a markdown table. The sequential client sends the same
 requests one after another from the main thread, each waiting for the previous answer; the speedup column is
-against it, and each level's greedy answers are compared with the sequential ones.
+against it, and each level's greedy answers are compared with the sequential ones. This server runs with the audio
+cache off, so a clip sent again costs what a new clip costs: the table measures batching, not reuse.
+
+Then a multi-turn conversation about one clip, as an OpenAI client sends it (the whole history, clip included, on
+every turn), against a server with the audio cache off and one with it on: latency per turn and the answers.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures
+import contextlib
 import io
 import os
 import shutil
@@ -69,11 +75,54 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: str, port: int, max_batch: int, log: Path) -> subprocess.Popen:
+def start_server(model: str, port: int, max_batch: int, log: Path, audio_cache_mb: float) -> subprocess.Popen:
     command = [sys.executable, "-c", "from desta_audio.cli import main; main()", "serve", "--model", model,
                "--port", str(port), "--max-batch", str(max_batch), "--max-queue", "256", "--request-timeout", "600",
-               "--log-level", "warning"]
+               "--audio-cache-mb", str(audio_cache_mb), "--log-level", "warning"]
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+@contextlib.contextmanager
+def server_url(args: argparse.Namespace, folder: Path, audio_cache_mb: float):
+    """A started `desta serve` (stopped afterwards), or the --url given."""
+    if args.url is not None:
+        yield args.url
+        return
+    url = f"http://127.0.0.1:{free_port()}"
+    log = folder / f"server-{audio_cache_mb:g}.log"
+    server = start_server(args.model, int(url.rsplit(":", 1)[1]), args.max_batch, log, audio_cache_mb)
+    try:
+        wait_ready(url, server, log)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def client_for(url: str):
+    import openai
+
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=os.environ.get("DESTA_API_KEY", "unused"), max_retries=0,
+                         timeout=600)
+
+
+FOLLOW_UPS = ["Is the speaker male or female?", "Summarise it in three words.", "What is the topic?",
+              "Say it again, word for word."]
+
+
+def multi_turn(client, model: str, clip: bytes, turns: int, max_tokens: int) -> tuple[list[float], list[str]]:
+    """One conversation: the clip and a question, then follow-ups, each turn resending the whole history."""
+    audio = {"type": "input_audio", "input_audio": {"data": base64.b64encode(clip).decode(), "format": "wav"}}
+    messages = [{"role": "user", "content": [audio, {"type": "text", "text": "What did the speaker say?"}]}]
+    latencies, answers = [], []
+    for turn in range(turns):
+        started = time.perf_counter()
+        reply = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=max_tokens)
+        latencies.append(time.perf_counter() - started)
+        answers.append(reply.choices[0].message.content)
+        messages += [{"role": "assistant", "content": answers[-1]},
+                     {"role": "user", "content": FOLLOW_UPS[turn % len(FOLLOW_UPS)]}]
+    return latencies, answers
 
 
 def wait_ready(url: str, server: subprocess.Popen, log: Path, timeout_s: float = 900) -> None:
@@ -125,33 +174,30 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level (at least 2x clients)")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=16)
-    parser.add_argument("--url", default=None, help="use an already running server instead of starting one")
+    parser.add_argument("--url", default=None, help="use an already running server instead of starting one "
+                        "(started with --audio-cache-mb 0 for a fair table; no cache-on conversation then)")
+    parser.add_argument("--turns", type=int, default=4, help="turns of the multi-turn conversation (0: skip it)")
+    parser.add_argument("--audio-cache-mb", type=float, default=256.0, help="the cache-on server's audio cache")
     args = parser.parse_args()
-
-    import openai
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         clips = make_clips(folder)
-        server = None
-        url = args.url
-        if url is None:
-            url = f"http://127.0.0.1:{free_port()}"
-            log = folder / "server.log"
-            server = start_server(args.model, int(url.rsplit(":", 1)[1]), args.max_batch, log)
-            wait_ready(url, server, log)
-        try:
-            client = openai.OpenAI(base_url=f"{url}/v1", api_key=os.environ.get("DESTA_API_KEY", "unused"),
-                                   max_retries=0, timeout=600)
+        with server_url(args, folder, audio_cache_mb=0) as url:
+            client = client_for(url)
             run_level(client, args.model, clips, 0, 2, args.max_tokens)  # warm-up: first-call allocations
             # Every level sends the same requests (same indices), so greedy answers can be compared one to one.
             requests = max([args.requests] + [2 * c for c in args.concurrency])
             rows = [run_level(client, args.model, clips, c, requests, args.max_tokens)
                     for c in [0, *args.concurrency]]
-        finally:
-            if server is not None:
-                server.terminate()
-                server.wait(timeout=60)
+            conversations = {}
+            if args.turns:
+                conversations["off"] = multi_turn(client, args.model, clips[1], args.turns, args.max_tokens)
+        if args.turns and args.url is None:
+            with server_url(args, folder, audio_cache_mb=args.audio_cache_mb) as url:
+                client = client_for(url)
+                multi_turn(client, args.model, clips[0], 1, args.max_tokens)  # warm-up on another clip
+                conversations["on"] = multi_turn(client, args.model, clips[1], args.turns, args.max_tokens)
 
     sequential = rows[0]
     print(f"\nmodel {args.model}, {requests} requests per row ({requests - requests // 4} with a spoken clip + ASR, "
@@ -164,6 +210,18 @@ def main() -> None:
         matched = sum(a == b for a, b in zip(row["answers"], sequential["answers"]))
         print(f"| {label} | {row['rps']:.2f} | {row['p50']:.2f} | {row['p95']:.2f} | "
               f"{row['rps'] / sequential['rps']:.2f}x | {matched}/{row['requests']} |")
+    if "off" in conversations:
+        print(f"\n{args.turns}-turn conversation about one spoken clip (each turn resends the history, clip "
+              f"included), {args.max_tokens} new tokens (greedy), latency per turn in seconds\n")
+        print("| audio cache | " + " | ".join(f"turn {t + 1}" for t in range(args.turns)) + " | turns 2+ mean | "
+              "answers = cache off |")
+        print("|---|" + "---:|" * (args.turns + 2))
+        off_later = statistics.mean(conversations["off"][0][1:]) if args.turns > 1 else float("nan")
+        for label, (latencies, answers) in conversations.items():
+            later = statistics.mean(latencies[1:]) if args.turns > 1 else float("nan")
+            matched = sum(a == b for a, b in zip(answers, conversations["off"][1]))
+            print(f"| {label} | " + " | ".join(f"{x:.2f}" for x in latencies) +
+                  f" | {later:.2f} ({off_later / later:.2f}x) | {matched}/{args.turns} |")
 
 
 if __name__ == "__main__":

@@ -65,15 +65,22 @@ def test_batch_with_speech_tone_and_text_only(desta_tiny, spoken):
     assert [b.token_ids for b in batched] == [s.token_ids for s in single]
 
 
+def desta_cli(*arguments, **run):
+    return subprocess.run([sys.executable, "-m", "desta_audio.cli", *arguments], capture_output=True, text=True,
+                          timeout=300, **run)
+
+
 @needs_espeak
-def test_cli_ask_json(spoken):
-    result = subprocess.run([sys.executable, "-m", "desta_audio.cli", "ask", str(spoken), "What was said?",
-                             "--model", "desta-tiny", "--json", "--max-new-tokens", "16"],
-                            capture_output=True, text=True, timeout=300)
+def test_cli_ask_json_and_streamed_answers_agree(spoken):
+    question = [str(spoken), "What was said?", "--model", "desta-tiny", "--max-new-tokens", "16"]
+    result = desta_cli("ask", *question, "--json")
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert "fox" in words(payload["transcripts"][0]) and payload["answer"]
     assert {"model_load_s", "encode_s", "asr_s", "generate_s"} <= set(payload["timings"])
+    streamed = desta_cli("ask", *question)  # text mode prints the answer as it is generated
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == payload["answer"] + "\n"
 
 
 def test_cli_ask_rejects_bad_audio_before_loading(tmp_path):
@@ -86,10 +93,15 @@ def test_cli_ask_rejects_bad_audio_before_loading(tmp_path):
 
 
 @needs_espeak
-def test_cli_chat_multi_turn(spoken):
-    script = f"/audio {spoken}\nWhat was said?\nSay it again in one word.\n/quit\n"
-    result = subprocess.run([sys.executable, "-m", "desta_audio.cli", "chat", "--model", "desta-tiny",
-                             "--max-new-tokens", "12"], input=script, capture_output=True, text=True, timeout=300)
+def test_cli_chat_multi_turn(spoken, tmp_path):
+    second = tmp_path / "second clip.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(second), "Seven green bottles."], check=True)
+    script = (f"/audio {spoken}\nWhat was said?\nSay it again in one word.\n"
+              f"/audio '{second}'\nAnd in this clip?\n/quit\n")
+    result = desta_cli("chat", "--model", "desta-tiny", "--max-new-tokens", "12", input=script)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("desta> ") == 2
-    assert "transcript of spoken.wav" in result.stderr and "fox" in result.stderr.lower()
+    assert result.stdout.count("desta> ") == 3
+    transcripts = [line for line in result.stderr.splitlines() if line.startswith("(transcript of")]
+    assert len(transcripts) == 2  # each clip is transcribed once, when it is attached
+    assert transcripts[0].startswith("(transcript of spoken.wav:") and "fox" in transcripts[0].lower()
+    assert transcripts[1].startswith("(transcript of second clip.wav:") and "bottles" in transcripts[1].lower()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, Optional
 import typer
 
 from desta_audio.audio import DEFAULT_MAX_SECONDS
+from desta_audio.audio_cache import DEFAULT_AUDIO_CACHE_MB
 
 DEFAULT_MODEL = "desta-mini"
 
@@ -30,6 +32,12 @@ _device_option = typer.Option(None, "--device", help="cpu or cuda (default: cuda
 _dtype_option = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: bf16 on GPU, fp32 "
                              "on CPU).")
 _max_seconds_option = typer.Option(DEFAULT_MAX_SECONDS, "--max-audio-seconds", help="Refuse longer clips.")
+_stream_option = typer.Option(True, "--stream/--no-stream", help="Print the answer as it is generated.")
+
+
+def _print_streamed(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _load(model: str, asr: bool, device: Optional[str], dtype: Optional[str]) -> Any:
@@ -77,6 +85,7 @@ def ask(
     device: Optional[str] = _device_option,
     dtype: Optional[str] = _dtype_option,
     max_audio_seconds: float = _max_seconds_option,
+    stream: bool = _stream_option,
 ) -> None:
     """Ask a question about one or more audio clips and print the answer."""
     from desta_audio.audio import AudioError, load_audio
@@ -100,11 +109,15 @@ def ask(
                      "audios": [{"audio": a, "text": t} for a, t in zip(audios, texts)]}]
     if system is not None:
         conversation.insert(0, {"role": "system", "content": system})
+    streaming = stream and not as_json
     try:
-        reply = desta.chat([conversation], **_generation(max_new_tokens, sample, temperature, top_p, seed))[0]
+        reply = desta.chat([conversation], **_generation(max_new_tokens, sample, temperature, top_p, seed),
+                           on_text=[_print_streamed] if streaming else None)[0]
     except (AudioError, ConversationError) as error:
         _fail(str(error))
-    if as_json:
+    if streaming:
+        typer.echo()
+    elif as_json:
         payload = {"answer": reply.text, "transcripts": reply.transcripts, "audios": paths, "model": model,
                    "timings": {"model_load_s": round(load_seconds, 3),
                                **{k: round(v, 3) for k, v in reply.timings.items()}},
@@ -114,8 +127,8 @@ def ask(
         typer.echo(reply.text)
 
 
-CHAT_HELP = """Commands: /audio PATH [PATH...] attaches clips to your next message; /system TEXT sets the system
-prompt; /reset starts over; /quit (or Ctrl-D) leaves. Anything else is your message."""
+CHAT_HELP = """Commands: /audio PATH [PATH...] attaches clips to your next message (quote paths with spaces);
+/system TEXT sets the system prompt; /reset starts over; /quit (or Ctrl-D) leaves. Anything else is your message."""
 
 
 def chat(
@@ -130,11 +143,21 @@ def chat(
     device: Optional[str] = _device_option,
     dtype: Optional[str] = _dtype_option,
     max_audio_seconds: float = _max_seconds_option,
+    stream: bool = _stream_option,
+    audio_cache_mb: float = typer.Option(DEFAULT_AUDIO_CACHE_MB, "--audio-cache-mb", help="Keep the encoded "
+                                         "clips of the conversation (MB), so later turns do not encode them again; "
+                                         "0 turns this off."),
 ) -> None:
     """Talk with the model; attach audio files between turns."""
     from desta_audio.audio import AudioError, load_audio
+    from desta_audio.processing import ConversationError
 
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:  # not on every platform
+        pass
     desta = _load(model, asr, device, dtype)
+    desta.enable_audio_cache(audio_cache_mb)
     generation = _generation(max_new_tokens, sample, temperature, top_p, seed)
     history: list[dict] = []
     pending: list[dict] = []
@@ -142,7 +165,8 @@ def chat(
     while True:
         try:
             line = input("you> ").strip()
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):
+            typer.echo(err=True)
             break
         if not line:
             continue
@@ -157,7 +181,12 @@ def chat(
             system = rest.strip() or None
             continue
         if command == "/audio":
-            for path in rest.split():
+            try:
+                paths = shlex.split(rest)
+            except ValueError as error:
+                typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+                continue
+            for path in paths:
                 try:
                     pending.append({"audio": load_audio(path, max_seconds=max_audio_seconds), "text": None,
                                     "path": path})
@@ -168,14 +197,31 @@ def chat(
         message = {"role": "user", "content": "<|AUDIO|>" * len(pending) + ("\n" if pending else "") + line,
                    "audios": pending}
         conversation = ([{"role": "system", "content": system}] if system else []) + history + [message]
-        reply = desta.chat([conversation], **generation)[0]
-        # Remember the transcripts so later turns do not transcribe the same clip again.
-        for audio, text in zip(pending, reply.transcripts):
-            audio["text"] = text
-            typer.echo(f"(transcript of {Path(audio['path']).name}: {text.strip() or '-'})", err=True)
+        attached = pending
+
+        def show_transcripts(transcripts: list[str]) -> None:
+            # Transcripts cover every clip of the conversation; the new clips are the last ones. Keeping them
+            # means later turns give them as the caller's transcript instead of transcribing again.
+            for audio, text in zip(attached, transcripts[len(transcripts) - len(attached):]):
+                audio["text"] = text
+                typer.echo(f"(transcript of {Path(audio['path']).name}: {text.strip() or '-'})", err=True)
+            if stream:
+                _print_streamed("desta> ")
+
+        try:
+            reply = desta.chat([conversation], **generation, on_start=[show_transcripts],
+                               on_text=[_print_streamed] if stream else None)[0]
+        except (AudioError, ConversationError) as error:  # the turn is dropped; the session goes on
+            typer.secho(f"\nerror: {error}", err=True, fg=typer.colors.RED)
+            pending = []
+            continue
+        except KeyboardInterrupt:  # Ctrl-C stops this answer, not the session
+            typer.echo("\n(stopped; the turn is dropped)", err=True)
+            pending = []
+            continue
         history += [message, {"role": "assistant", "content": reply.text}]
         pending = []
-        typer.echo(f"desta> {reply.text}")
+        typer.echo("" if stream else f"desta> {reply.text}")
         sys.stdout.flush()
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from desta_audio.audio import SAMPLE_RATE, load_audio, split_windows
+from desta_audio.audio_cache import AudioCache
 from desta_audio.config import DeSTAConfig
 from desta_audio.few_rows_linear import use_few_rows_linear
 from desta_audio.processing import (
@@ -140,6 +141,7 @@ class DeSTAModel(nn.Module):
         self.whisper_tokenizer = whisper_tokenizer
         self.vad = vad
         self.use_asr = whisper_tokenizer is not None
+        self.audio_cache: AudioCache | None = None  # off by default; see enable_audio_cache
         self.encoder_dtype = next(whisper.parameters()).dtype
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.conversations = ConversationEncoder(
@@ -299,27 +301,77 @@ class DeSTAModel(nn.Module):
                 transcripts[i] = joined or NO_SPEECH_TRANSCRIPT
         return transcripts
 
+    def enable_audio_cache(self, max_mb: float) -> None:
+        """Keep the soft tokens and transcripts of audios seen before (at most `max_mb` MB), so a clip sent again,
+        as every turn of a multi-turn chat does, skips Whisper, the connector, VAD and ASR; 0 turns it off. The
+        answers do not change: an entry is what the same audio gives when computed again."""
+        self.audio_cache = AudioCache(int(max_mb * 2**20)) if max_mb > 0 else None
+
+    def _weights_stamp(self) -> int:
+        """Changes whenever a weight behind the audio tokens or transcripts is replaced, moved or written in place."""
+        return hash(tuple((p.data_ptr(), p._version) for p in self.perception.parameters()))
+
     def prepare_audios(self, refs: list, timings: dict[str, float] | None = None) -> list[PreparedAudio]:
-        """Load every audio, run the encoder over all their windows in batches, transcribe where needed."""
+        """Load every audio, run the encoder over all their windows in batches, transcribe where needed. With the
+        audio cache on (inference only), audios seen before skip all of that, and a clip repeated within the call
+        is worked on once."""
         timings = timings if timings is not None else {}
         clock = time.perf_counter()
         arrays = [load_audio(ref.audio) for ref in refs]
-        windows = [split_windows(a) for a in arrays]
+        cache = self.audio_cache if not torch.is_grad_enabled() else None
+        if cache is not None:
+            cache.check_weights(self._weights_stamp())
+            keys = [cache.key(a) for a in arrays]
+        else:
+            keys = [str(i) for i in range(len(refs))]
+        needs_asr = [ref.text is None and self.use_asr for ref in refs]
+        # Per distinct audio: what is known already, and whether a transcript must be made.
+        known: dict[str, Any] = {}
+        wants_asr: dict[str, bool] = {}
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key not in first:
+                first[key] = i
+                known[key] = cache.get(key) if cache is not None else None
+            wants_asr[key] = wants_asr.get(key, False) or needs_asr[i]
+        todo = [key for key in first
+                if known[key] is None or (wants_asr[key] and known[key].transcript is None)]
+        windows = [split_windows(arrays[first[key]]) for key in todo]
         flat = [w for per_audio in windows for w in per_audio]
         timings["load_s"] = time.perf_counter() - clock
-        if not flat:
-            return []
+        timings["encode_s"] = timings["asr_s"] = 0.0
+        fresh_tokens: dict[str, torch.Tensor] = {}
+        heard: dict[str, str] = {}  # ASR transcripts (or the blank one where VAD found no speech)
+        if flat:
+            clock = time.perf_counter()
+            tokens, finals = self.encode_audio_windows(flat)
+            timings["encode_s"] = time.perf_counter() - clock
 
-        clock = time.perf_counter()
-        tokens, finals = self.encode_audio_windows(flat)
-        timings["encode_s"] = time.perf_counter() - clock
+            clock = time.perf_counter()
+            # A given text (any) skips ASR for audios nobody asked a transcript of.
+            given = [None if wants_asr[key] else "" for key in todo]
+            transcripts = self.resolve_transcripts(given, [arrays[first[key]] for key in todo],
+                                                   [len(w) for w in windows], finals)
+            timings["asr_s"] = time.perf_counter() - clock
+            offsets = np.cumsum([0] + [len(w) for w in windows])
+            for position, key in enumerate(todo):
+                fresh_tokens[key] = tokens[offsets[position]:offsets[position + 1]]
+                if wants_asr[key]:
+                    heard[key] = transcripts[position]
+                if cache is not None:
+                    cache.put(key, fresh_tokens[key], heard.get(key))
 
-        clock = time.perf_counter()
-        transcripts = self.resolve_transcripts([ref.text for ref in refs], arrays, [len(w) for w in windows], finals)
-        timings["asr_s"] = time.perf_counter() - clock
-
-        offsets = np.cumsum([0] + [len(w) for w in windows])
-        return [self.prepared_audio(tokens[offsets[i]:offsets[i + 1]], transcripts[i]) for i in range(len(refs))]
+        prepared = []
+        for i, (ref, key) in enumerate(zip(refs, keys)):
+            if ref.text is not None:
+                transcript = ref.text
+            elif needs_asr[i]:
+                transcript = heard[key] if key in heard else known[key].transcript
+            else:
+                transcript = NO_SPEECH_TRANSCRIPT
+            window_tokens = fresh_tokens[key] if key in fresh_tokens else known[key].tokens
+            prepared.append(self.prepared_audio(window_tokens, transcript))
+        return prepared
 
     def prepared_audio(self, window_tokens: torch.Tensor, transcript: str) -> PreparedAudio:
         """window_tokens (windows, prompt_size, llm_hidden) + transcript -> PreparedAudio; the transcript is

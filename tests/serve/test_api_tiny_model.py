@@ -6,6 +6,7 @@ import concurrent.futures
 
 import httpx
 import openai
+import pytest
 
 from desta_audio.serve.api import ServeSettings, create_app
 from tests.serve.helpers import audio_part, running_server, tone_wav
@@ -18,6 +19,12 @@ def request(i: int) -> list[dict]:
     content = [audio_part(tone_wav(0.3 + 0.2 * (i % 3), 200.0 + 50 * i), transcript="hello world" if i % 2 else None),
                {"type": "text", "text": QUESTIONS[i % len(QUESTIONS)]}]
     return [{"role": "user", "content": content if i % 4 else QUESTIONS[i % len(QUESTIONS)]}]
+
+
+@pytest.fixture(autouse=True)
+def no_audio_cache_afterwards(tiny):
+    yield
+    tiny.enable_audio_cache(0)  # the app turns it on in the shared model
 
 
 def test_concurrent_batched_answers_equal_sequential_ones(tiny):
@@ -117,3 +124,28 @@ def test_stop_strings_end_generation_early_without_changing_answers(tiny):
         for row, length in enumerate(lengths):
             generated[bool(stop_strings and stop_strings[row])].append(length)
     assert len(generated[True]) == 2 and max(generated[True]) < min(generated[False])
+
+
+def test_a_multi_turn_chat_encodes_its_clip_once_and_answers_as_without_the_cache(tiny):
+    clip = audio_part(tone_wav(1.5, 330.0))
+
+    def conversation(api) -> list[str]:
+        messages = [{"role": "user", "content": [clip, {"type": "text", "text": "describe the sound"}]}]
+        answers = []
+        for follow_up in ["is the speaker happy", "hello world"]:
+            reply = api.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=6)
+            answers.append(reply.choices[0].message.content)
+            messages += [{"role": "assistant", "content": answers[-1]}, {"role": "user", "content": follow_up}]
+        return answers
+
+    answers, lookups = {}, {}
+    for cache_mb in (0, 64):
+        with running_server(create_app(tiny, ServeSettings(model_id=MODEL, audio_cache_mb=cache_mb))) as url:
+            answers[cache_mb] = conversation(openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0))
+            lookups[cache_mb] = [line for line in httpx.get(f"{url}/metrics").text.splitlines()
+                                 if line.startswith("desta_audio_cache_lookups_total")]
+    assert answers[64] == answers[0]
+    assert lookups[0] == ['desta_audio_cache_lookups_total{result="hit"} 0.0',
+                          'desta_audio_cache_lookups_total{result="miss"} 0.0']
+    assert lookups[64] == ['desta_audio_cache_lookups_total{result="hit"} 1.0',
+                           'desta_audio_cache_lookups_total{result="miss"} 1.0']

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,14 +30,19 @@ class ClipCounter:
     def __init__(self) -> None:
         self.conversations: list[list[dict]] = []
 
-    def __call__(self, conversation: list[dict]) -> FakeReply:
+    def __call__(self, conversation: list[dict], on_text=None, on_start=None) -> FakeReply:
         self.conversations.append(conversation)
         clips = [audio["audio"] for message in conversation for audio in message.get("audios", [])]
         seconds = [round(load_audio(clip).size / 16_000, 2) for clip in clips]
         question = conversation[-1]["content"].split("\n")[-1]
         turns = sum(message["role"] == "user" for message in conversation)
-        return FakeReply(f"Turn {turns}: {len(clips)} clips of {seconds} s; you asked '{question}'.",
-                         [f"words of clip {i + 1}" for i in range(len(clips))])
+        reply = FakeReply(f"Turn {turns}: {len(clips)} clips of {seconds} s; you asked '{question}'.",
+                          [f"words of clip {i + 1}" for i in range(len(clips))])
+        if on_start is not None:
+            on_start(reply.transcripts)
+        for start in range(0, len(reply.text), 8) if on_text is not None else ():
+            on_text(reply.text[start:start + 8])
+        return reply
 
 
 @pytest.fixture
@@ -94,6 +100,33 @@ def test_upload_ask_and_follow_up(browser, tmp_path):
         demo.close()
 
 
+def test_the_answer_streams_onto_the_page(browser):
+    from playwright.sync_api import expect
+
+    halfway = threading.Event()
+
+    def answer(conversation, on_text=None, on_start=None):
+        on_start([])
+        on_text("The first half of the answer,")
+        assert halfway.wait(timeout=60), "the page never showed the first half"
+        on_text(" then the rest.")
+        return FakeReply("The first half of the answer, then the rest.", [])
+
+    demo, url = launch(answer)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url, wait_until="domcontentloaded")
+        page.locator("#question textarea").fill("Tell me something.")
+        page.locator("#ask").click()
+        expect(page.locator("#conversation")).to_contain_text("The first half of the answer,", timeout=60_000)
+        assert "then the rest" not in page.locator("#conversation").inner_text()
+        halfway.set()
+        expect(page.locator("#conversation")).to_contain_text("answer, then the rest.", timeout=60_000)
+    finally:
+        halfway.set()
+        demo.close()
+
+
 def test_demo_mounted_next_to_the_api_answers_through_the_batcher(browser, tmp_path, tiny):
     from desta_audio.serve.api import ServeSettings, create_app
     from desta_audio.serve.cli import _mount_demo
@@ -116,6 +149,8 @@ def test_demo_mounted_next_to_the_api_answers_through_the_batcher(browser, tmp_p
         page.locator("#question textarea").fill(question)
         page.locator("#ask").click()
         expect(page.locator("#transcripts")).to_contain_text("beep.wav", timeout=60_000)
+        # the answer streams in after the transcripts show
+        expect(page.locator("#conversation")).to_contain_text(" ".join(expected.split())[:20], timeout=60_000)
         page.screenshot(path=str(artifacts_dir() / "demo-mounted.png"), full_page=True)
         assert app.state.metrics.batch_size._sum.get() >= 1  # the answer went through the API's batcher
         bot_text = " ".join(page.locator("#conversation").inner_text().split())

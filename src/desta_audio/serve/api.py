@@ -50,6 +50,7 @@ from desta_audio.serve.batcher import (
     accepts_stop_strings,
     accepts_stream_hooks,
 )
+from desta_audio.audio_cache import DEFAULT_AUDIO_CACHE_MB
 from desta_audio.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from desta_audio.serve.stop_strings import StopStringFilter, apply_stop
 from desta_audio.serve.schemas import (
@@ -93,6 +94,8 @@ class ServeSettings:
     cors_origins: list[str] = field(default_factory=list)
     allowed_audio_dir: Path | None = None
     allow_audio_urls: bool = False
+    # Encoded clips kept for requests that send them again (every turn of a multi-turn chat does); 0 turns it off.
+    audio_cache_mb: float = DEFAULT_AUDIO_CACHE_MB
 
     @property
     def max_request_bytes(self) -> int:
@@ -400,6 +403,9 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
         on_batch=metrics.batch_size.observe,
     )
     metrics.watch_queue(lambda: batcher.queue_depth, lambda: batcher.running)
+    if hasattr(model, "enable_audio_cache"):
+        model.enable_audio_cache(settings.audio_cache_mb)
+        metrics.watch_audio_cache(lambda: model.audio_cache)
     tokenizer = getattr(model, "tokenizer", None)
     policy = settings.audio_policy
     created = int(time.time())

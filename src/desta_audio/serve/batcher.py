@@ -241,11 +241,14 @@ class DynamicBatcher:
         """Queue one conversation and wait for its reply (see `enqueue`); cancelling the caller cancels it."""
         return await self.enqueue(conversation, params, on_text=on_text, on_start=on_start, stop=stop)
 
-    def submit_threadsafe(self, conversation: Conversation, params: SamplingParams) -> concurrent.futures.Future:
+    def submit_threadsafe(self, conversation: Conversation, params: SamplingParams, *,
+                          on_text: TextHook | None = None, on_start: StartHook | None = None,
+                          ) -> concurrent.futures.Future:
         """Submit from another thread (e.g. the web demo's handlers); returns a concurrent future."""
         if self._loop is None:
             raise BatcherClosedError("the batcher is not running; call start() first")
-        return asyncio.run_coroutine_threadsafe(self.submit(conversation, params), self._loop)
+        return asyncio.run_coroutine_threadsafe(
+            self.submit(conversation, params, on_text=on_text, on_start=on_start), self._loop)
 
     # -- collection ------------------------------------------------------------------------------------------
     async def _collect_forever(self) -> None:

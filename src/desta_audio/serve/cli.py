@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from desta_audio.audio_cache import DEFAULT_AUDIO_CACHE_MB
+
 serve_app = typer.Typer(help="Serve a model over an OpenAI-compatible HTTP API.", add_completion=False)
 demo_app = typer.Typer(help="Run the web demo (upload or record audio, ask, chat).", add_completion=False)
 
@@ -17,6 +19,7 @@ _MODEL_HELP = "preset name (desta-tiny, desta-mini), local model folder or hub i
 
 
 _DEVICE_HELP = "cpu or cuda (default: cuda when available)"
+_AUDIO_CACHE_HELP = "MB of encoded clips kept for requests that send a clip again (multi-turn chats do); 0: off"
 _DTYPE_HELP = "float32, bfloat16 or float16 (default: bfloat16 on GPU, float32 on CPU)"
 
 
@@ -50,6 +53,7 @@ def serve(
         Optional[Path], typer.Option(help="let requests name audio files (file:// URLs) below this folder")
     ] = None,
     allow_audio_urls: Annotated[bool, typer.Option(help="let the server fetch http(s) audio URLs named by requests")] = False,
+    audio_cache_mb: Annotated[float, typer.Option(help=_AUDIO_CACHE_HELP)] = DEFAULT_AUDIO_CACHE_MB,
     demo: Annotated[bool, typer.Option(help="also serve the web demo at /demo, through the same batcher")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
 ) -> None:
@@ -72,6 +76,7 @@ def serve(
         cors_origins=list(cors_origin or []),
         allowed_audio_dir=allowed_audio_dir,
         allow_audio_urls=allow_audio_urls,
+        audio_cache_mb=audio_cache_mb,
     )
     app = create_app(_load_model(model, device, dtype), settings)
     if demo:
@@ -89,8 +94,9 @@ def _mount_demo(app, max_new_tokens: int = 256) -> None:
     params = SamplingParams(max_new_tokens=max_new_tokens)
     timeout = app.state.settings.request_timeout_s
 
-    def answer(conversation):
-        return batcher.submit_threadsafe(conversation, params).result(timeout=timeout)
+    def answer(conversation, on_text=None, on_start=None):
+        return batcher.submit_threadsafe(conversation, params, on_text=on_text, on_start=on_start).result(
+            timeout=timeout)
 
     gr.mount_gradio_app(app, build_demo(answer), path="/demo", theme=theme())
 
@@ -103,10 +109,13 @@ def run_demo(
     device: Annotated[Optional[str], typer.Option(help=_DEVICE_HELP)] = None,
     dtype: Annotated[Optional[str], typer.Option(help=_DTYPE_HELP)] = None,
     max_new_tokens: Annotated[int, typer.Option(help="longest answer, in tokens")] = 256,
+    audio_cache_mb: Annotated[float, typer.Option(help=_AUDIO_CACHE_HELP)] = DEFAULT_AUDIO_CACHE_MB,
 ) -> None:
     """Start the web demo on its own (greedy answers)."""
     from desta_audio.serve.demo import build_demo, model_answer_function, theme
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    answer = model_answer_function(_load_model(model, device, dtype), max_new_tokens=max_new_tokens)
+    loaded = _load_model(model, device, dtype)
+    loaded.enable_audio_cache(audio_cache_mb)
+    answer = model_answer_function(loaded, max_new_tokens=max_new_tokens)
     build_demo(answer).launch(server_name=host, server_port=port, share=False, theme=theme(), footer_links=[])

@@ -2,13 +2,15 @@
 
 `build_demo(answer)` takes the function that answers one conversation, so the same model object serves the
 demo alone (`desta demo`: `model.chat`) or next to the API (`desta serve --demo`: through the API's batcher).
+The answer streams onto the page as it is generated; the transcripts show as soon as the audio is processed.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 AUDIO_PLACEHOLDER = "<|AUDIO|>"
 Conversation = list[dict[str, Any]]
-AnswerFunction = Callable[[Conversation], Any]  # -> ChatReply (has .text and .transcripts)
+# (conversation, on_text=delta hook or None, on_start=transcripts hook or None) -> ChatReply (.text, .transcripts)
+AnswerFunction = Callable[..., Any]
 
 _INTRO = (
     "# DeSTA2.5-Audio\n"
@@ -32,9 +35,11 @@ def model_answer_function(model: Any, *, max_new_tokens: int = 256) -> AnswerFun
     """Answer with the model directly; a lock keeps one generate at a time (the model is not re-entrant)."""
     lock = threading.Lock()
 
-    def answer(conversation: Conversation) -> Any:
+    def answer(conversation: Conversation, on_text: Callable[[str], None] | None = None,
+               on_start: Callable[[list[str]], None] | None = None) -> Any:
         with lock:
-            return model.chat([conversation], max_new_tokens=max_new_tokens, do_sample=False)[0]
+            return model.chat([conversation], max_new_tokens=max_new_tokens, do_sample=False,
+                              on_text=[on_text], on_start=[on_start])[0]
 
     return answer
 
@@ -55,7 +60,7 @@ def build_demo(answer: AnswerFunction, *, title: str = "DeSTA2.5-Audio") -> Any:
         recording: str | None,
         conversation: Conversation,
         history: list[dict[str, Any]],
-    ) -> tuple[Any, ...]:
+    ) -> Iterator[tuple[Any, ...]]:
         question = (question or "").strip()
         clips = [str(path) for path in (uploads or [])] + ([str(recording)] if recording else [])
         if not question and not clips:
@@ -64,22 +69,29 @@ def build_demo(answer: AnswerFunction, *, title: str = "DeSTA2.5-Audio") -> Any:
         message: dict[str, Any] = {"role": "user", "content": content}
         if clips:
             message["audios"] = [{"audio": clip, "text": None} for clip in clips]
-        try:
-            reply = answer([*conversation, message])
-        except AudioError as error:
-            raise gr.Error(str(error)) from None
-        conversation = [*conversation, message, {"role": "assistant", "content": reply.text}]
+        asked = [*conversation, message]
         shown = [{"role": "user", "content": {"path": clip}} for clip in clips]
         shown.append({"role": "user", "content": question or "Describe the audio."})
-        shown.append({"role": "assistant", "content": reply.text})
-        return (
-            [*history, *shown],
-            conversation,
-            _transcripts_markdown(conversation, list(getattr(reply, "transcripts", []) or [])),
-            "",
-            None,
-            None,
-        )
+        transcripts = ""
+        answer_text = ""
+        for kind, value in _answer_events(answer, asked):
+            if kind == "start":
+                transcripts = _transcripts_markdown(asked, list(value))
+            elif kind == "text":
+                answer_text += value
+            elif kind == "error":
+                if isinstance(value, AudioError):
+                    raise gr.Error(str(value)) from None
+                raise value
+            else:  # the reply: its text is exactly the streamed text, but take it as the record
+                answer_text = value.text
+                conversation = [*asked, {"role": "assistant", "content": answer_text}]
+                transcripts = _transcripts_markdown(conversation, list(getattr(value, "transcripts", []) or []))
+                yield ([*history, *shown, {"role": "assistant", "content": answer_text}], conversation, transcripts,
+                       "", None, None)
+                return
+            partial = [{"role": "assistant", "content": answer_text}] if answer_text else []
+            yield [*history, *shown, *partial], conversation, transcripts, gr.skip(), gr.skip(), gr.skip()
 
     def reset() -> tuple[Any, ...]:
         return [], [], "", "", None, None
@@ -106,6 +118,27 @@ def build_demo(answer: AnswerFunction, *, title: str = "DeSTA2.5-Audio") -> Any:
         question.submit(ask, inputs, outputs, api_name=False)
         clear_button.click(reset, None, outputs, api_name=False)
     return demo
+
+
+def _answer_events(answer: AnswerFunction, conversation: Conversation) -> Iterator[tuple[str, Any]]:
+    """Run `answer` on a thread and hand out what it reports, in order: ("start", transcripts), ("text", delta)...,
+    then ("reply", reply) or ("error", exception)."""
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def run() -> None:
+        try:
+            reply = answer(conversation, on_text=lambda delta: events.put(("text", delta)),
+                           on_start=lambda transcripts: events.put(("start", transcripts)))
+            events.put(("reply", reply))
+        except Exception as error:  # handed to the page's handler, which shows it
+            events.put(("error", error))
+
+    threading.Thread(target=run, name="demo-answer", daemon=True).start()
+    while True:
+        kind, value = events.get()
+        yield kind, value
+        if kind in ("reply", "error"):
+            return
 
 
 def _transcripts_markdown(conversation: Conversation, latest: list[str]) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["ServeMetrics", "CONTENT_TYPE_LATEST"]
@@ -41,5 +43,29 @@ class ServeMetrics:
         self.queue_depth.set_function(depth)
         self.running.set_function(running)
 
+    def watch_audio_cache(self, cache: Callable[[], Any]) -> None:
+        """Report the model's audio cache (read at each scrape; `cache()` may return None when it is off)."""
+        self.registry.register(_AudioCacheCollector(cache))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _AudioCacheCollector:
+    def __init__(self, cache: Callable[[], Any]) -> None:
+        self._cache = cache
+
+    def describe(self) -> list:
+        return []  # collected at scrape time only
+
+    def collect(self) -> Iterator[Any]:
+        cache = self._cache()
+        lookups = CounterMetricFamily("desta_audio_cache_lookups", "Audio cache look-ups of distinct clips by result.",
+                                      labels=["result"])
+        lookups.add_metric(["hit"], cache.hits if cache else 0)
+        lookups.add_metric(["miss"], cache.misses if cache else 0)
+        yield lookups
+        yield GaugeMetricFamily("desta_audio_cache_bytes", "Bytes held by the audio cache.",
+                                value=cache.nbytes if cache else 0)
+        yield GaugeMetricFamily("desta_audio_cache_entries", "Clips held by the audio cache.",
+                                value=len(cache) if cache else 0)
