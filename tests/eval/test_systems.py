@@ -75,3 +75,21 @@ def test_whisper_asr_hears_past_30_seconds_and_batches_like_single_calls(tmp_pat
     batched = asr.transcribe([first, long_clip, second])
     assert batched == [asr(first), asr(long_clip), asr(second)]
     assert "cat" in batched[1].lower() and "london" in batched[1].lower()  # both windows of the long clip
+
+
+def test_desta_systems_encode_a_clip_shared_by_several_items_once(monkeypatch, tmp_path):
+    from desta_audio.eval import systems
+    from desta_audio.modeling import DeSTAModel
+    from tests.tiny import tiny_model
+
+    monkeypatch.setattr(DeSTAModel, "from_pretrained", classmethod(lambda cls, reference, **_: tiny_model()))
+    model = systems.load_desta("tiny")
+    encoded = []
+    model.perception.encoder.register_forward_hook(lambda _m, inputs, _o: encoded.append(len(inputs[0])))
+    clip = (0.3 * np.sin(np.arange(16000) / 5)).astype(np.float32)
+    items = [EvalItem(id=str(i), conversation=audio_message("sys", f"<|AUDIO|>\nquestion {i}",
+                                                            [AudioRef(array=clip, sample_rate=16000)]))
+             for i in range(3)]
+    run_inference(model, items[:2], tmp_path / "a.predictions.jsonl", generation={"max_new_tokens": 2}, batch_size=1)
+    run_inference(model, items[2:], tmp_path / "b.predictions.jsonl", generation={"max_new_tokens": 2})
+    assert encoded == [1]  # three items, one 30 s window encoded
