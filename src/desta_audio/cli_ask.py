@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from desta_audio.audio import DEFAULT_MAX_SECONDS
+from desta_audio.audio import DEFAULT_MAX_SECONDS, SAMPLE_RATE
 from desta_audio.audio_cache import DEFAULT_AUDIO_CACHE_MB
 
 DEFAULT_MODEL = "desta-mini"
@@ -56,6 +56,21 @@ def _status(message: str):
     from rich.console import Console
 
     return Console(stderr=True).status(message)
+
+
+class _ListeningStatus:
+    """A spinner on stderr while the clips are encoded and transcribed; it stops when the answer starts."""
+
+    def __init__(self, audios: list) -> None:
+        seconds = sum(len(a) for a in audios) / SAMPLE_RATE
+        self._status = _status(f"Listening to {seconds:.1f} s of audio") if audios else None
+        if self._status is not None:
+            self._status.start()
+
+    def stop(self, *_: Any) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
 
 
 def _generation(max_new_tokens: int, sample: bool, temperature: float, top_p: float, seed: Optional[int]) -> dict:
@@ -110,9 +125,13 @@ def ask(
     if system is not None:
         conversation.insert(0, {"role": "system", "content": system})
     streaming = stream and not as_json
+    listening = _ListeningStatus(audios)
     try:
-        reply = desta.chat([conversation], **_generation(max_new_tokens, sample, temperature, top_p, seed),
-                           on_text=[_print_streamed] if streaming else None)[0]
+        try:
+            reply = desta.chat([conversation], **_generation(max_new_tokens, sample, temperature, top_p, seed),
+                               on_text=[_print_streamed] if streaming else None, on_start=[listening.stop])[0]
+        finally:
+            listening.stop()
     except (AudioError, ConversationError) as error:
         _fail(str(error))
     if streaming:
@@ -199,7 +218,10 @@ def chat(
         conversation = ([{"role": "system", "content": system}] if system else []) + history + [message]
         attached = pending
 
+        listening = _ListeningStatus([audio["audio"] for audio in attached])
+
         def show_transcripts(transcripts: list[str]) -> None:
+            listening.stop()
             # Transcripts cover every clip of the conversation; the new clips are the last ones. Keeping them
             # means later turns give them as the caller's transcript instead of transcribing again.
             for audio, text in zip(attached, transcripts[len(transcripts) - len(attached):]):
@@ -209,8 +231,11 @@ def chat(
                 _print_streamed("desta> ")
 
         try:
-            reply = desta.chat([conversation], **generation, on_start=[show_transcripts],
-                               on_text=[_print_streamed] if stream else None)[0]
+            try:
+                reply = desta.chat([conversation], **generation, on_start=[show_transcripts],
+                                   on_text=[_print_streamed] if stream else None)[0]
+            finally:
+                listening.stop()
         except (AudioError, ConversationError) as error:  # the turn is dropped; the session goes on
             typer.secho(f"\nerror: {error}", err=True, fg=typer.colors.RED)
             pending = []

@@ -30,3 +30,19 @@ def test_serve_options_reach_the_app(captured):
     assert (settings.model_id, settings.api_key, settings.max_batch_size, settings.max_queue) == ("desta-tiny", "k", 4, 9)
     assert settings.max_request_bytes == 2 * 1024 * 1024 and settings.cors_origins == ["http://a.example"]
     assert any(getattr(route, "path", "") == "/demo" for route in captured["app"].routes)
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_a_taken_port_fails_before_the_model_loads(command, monkeypatch):
+    import socket
+
+    loaded = []
+    monkeypatch.setattr("desta_audio.serve.cli._load_model", lambda *a, **k: loaded.append(a) or FakeModel())
+    _register_subcommands()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, [command, "--port", str(port)])
+    assert result.exit_code == 2 and loaded == []
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output and "in use" in result.output

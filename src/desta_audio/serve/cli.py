@@ -23,6 +23,25 @@ _AUDIO_CACHE_HELP = "MB of encoded clips kept for requests that send a clip agai
 _DTYPE_HELP = "float32, bfloat16 or float16 (default: bfloat16 on GPU, float32 on CPU)"
 
 
+def _check_can_listen(host: str, port: int) -> None:
+    """Fail in a second, not after loading the model (minutes for a large one), when the address is taken."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        typer.secho(f"error: cannot listen on {host}:{port}: {error.strerror}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    family, kind, _, _, address = infos[0]
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as error:
+            typer.secho(f"error: cannot listen on {host}:{port}: {error.strerror}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2) from None
+
+
 def _load_model(reference: str, device: Optional[str] = None, dtype: Optional[str] = None):
     from desta_audio.modeling import DeSTAModel
 
@@ -63,6 +82,7 @@ def serve(
     from desta_audio.serve.api import ServeSettings, create_app
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _check_can_listen(host, port)
     settings = ServeSettings(
         model_id=served_name or model,
         api_key=api_key,
@@ -115,6 +135,7 @@ def run_demo(
     from desta_audio.serve.demo import build_demo, model_answer_function, theme
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _check_can_listen(host, port)
     loaded = _load_model(model, device, dtype)
     loaded.enable_audio_cache(audio_cache_mb)
     answer = model_answer_function(loaded, max_new_tokens=max_new_tokens)
