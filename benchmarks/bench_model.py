@@ -2,7 +2,7 @@
 
     python benchmarks/bench_model.py                       # desta-tiny and desta-mini
     python benchmarks/bench_model.py --models desta-tiny --new-tokens 32
-    python benchmarks/bench_model.py --models desta-mini --dtype bfloat16  # CPUs with avx512_bf16 / AMX
+    python benchmarks/bench_model.py --models desta-mini --dtype float32   # default: the package's own choice
 
 Each model runs in its own subprocess so its peak RSS is its own. Ratios compare runs made in the same process
 moments apart, so they hold on a noisy machine better than absolute times do.
@@ -75,7 +75,7 @@ def measure(model_name: str, new_tokens: int, batches: list[int], dtype: str) ->
         return [{"role": "user", "content": "<|AUDIO|>\nWhat does the speaker say, and how do they sound?",
                  "audios": [{"audio": clips[i], "text": transcript}]}]
 
-    result: dict = {"model": model_name if dtype == "float32" else f"{model_name} ({dtype})",
+    result: dict = {"model": f"{model_name} ({dtype})",
                     "new_tokens": new_tokens}
     window = split_windows(clips[0])[:1]
     with torch.inference_mode():
@@ -176,10 +176,17 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["desta-tiny", "desta-mini"])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="weights and compute type (bfloat16 pays off on CPUs with avx512_bf16 or AMX)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
+                        help="weights and compute type (default: what the models load in when none is asked for: "
+                             "bfloat16 on CPUs with native bf16, else float32)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.dtype is None:
+        import torch
+
+        from desta_audio.precision import default_dtype
+
+        args.dtype = str(default_dtype(torch.device("cpu"))).removeprefix("torch.")
     if args.one:
         print(json.dumps(measure(args.one, args.new_tokens, args.batches, args.dtype)))
         return
@@ -190,6 +197,9 @@ def main() -> None:
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(output.strip().splitlines()[-1]))
         print(f"{name}: done", file=sys.stderr)
+    from desta_audio.precision import cpu_summary
+
+    print(f"CPU: {cpu_summary()}\n")
     print(table(results))
     print("\nexample transcripts: " + "; ".join(f"{r['model']}: {r['example_transcript']!r}" for r in results))
 

@@ -75,10 +75,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: str, port: int, max_batch: int, log: Path, audio_cache_mb: float) -> subprocess.Popen:
+def start_server(model: str, port: int, max_batch: int, log: Path, audio_cache_mb: float,
+                 dtype: str) -> subprocess.Popen:
     command = [sys.executable, "-c", "from desta_audio.cli import main; main()", "serve", "--model", model,
                "--port", str(port), "--max-batch", str(max_batch), "--max-queue", "256", "--request-timeout", "600",
-               "--audio-cache-mb", str(audio_cache_mb), "--log-level", "warning"]
+               "--audio-cache-mb", str(audio_cache_mb), "--dtype", dtype, "--log-level", "warning"]
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -90,7 +91,7 @@ def server_url(args: argparse.Namespace, folder: Path, audio_cache_mb: float):
         return
     url = f"http://127.0.0.1:{free_port()}"
     log = folder / f"server-{audio_cache_mb:g}.log"
-    server = start_server(args.model, int(url.rsplit(":", 1)[1]), args.max_batch, log, audio_cache_mb)
+    server = start_server(args.model, int(url.rsplit(":", 1)[1]), args.max_batch, log, audio_cache_mb, args.dtype)
     try:
         wait_ready(url, server, log)
         yield url
@@ -178,7 +179,14 @@ def main() -> None:
                         "(started with --audio-cache-mb 0 for a fair table; no cache-on conversation then)")
     parser.add_argument("--turns", type=int, default=4, help="turns of the multi-turn conversation (0: skip it)")
     parser.add_argument("--audio-cache-mb", type=float, default=256.0, help="the cache-on server's audio cache")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
+                        help="the server's precision (default: what `desta serve` picks on this CPU)")
     args = parser.parse_args()
+    import torch
+
+    from desta_audio.precision import cpu_summary, default_dtype
+
+    args.dtype = args.dtype or str(default_dtype(torch.device("cpu"))).removeprefix("torch.")
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
@@ -202,7 +210,7 @@ def main() -> None:
     sequential = rows[0]
     print(f"\nmodel {args.model}, {requests} requests per row ({requests - requests // 4} with a spoken clip + ASR, "
           f"{requests // 4} text-only), {args.max_tokens} new tokens (greedy), max batch {args.max_batch}, "
-          f"{os.cpu_count()} CPU cores\n")
+          f"{args.dtype}; CPU: {cpu_summary()}\n")
     print("| clients | requests/s | p50 s | p95 s | speedup vs sequential | answers = sequential |")
     print("|---|---:|---:|---:|---:|---:|")
     for row in rows:

@@ -14,6 +14,7 @@ import typer
 
 from desta_audio.audio import DEFAULT_MAX_SECONDS, SAMPLE_RATE
 from desta_audio.audio_cache import DEFAULT_AUDIO_CACHE_MB
+from desta_audio.precision import DTYPE_HELP
 
 DEFAULT_MODEL = "desta-mini"
 
@@ -29,8 +30,7 @@ _top_p_option = typer.Option(0.9, "--top-p", help="Nucleus sampling mass (with -
 _seed_option = typer.Option(None, "--seed", help="Random seed for sampling.")
 _asr_option = typer.Option(True, "--asr/--no-asr", help="Transcribe speech with Whisper (VAD first).")
 _device_option = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available).")
-_dtype_option = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: bf16 on GPU, fp32 "
-                             "on CPU).")
+_dtype_option = typer.Option(None, "--dtype", help=DTYPE_HELP)
 _max_seconds_option = typer.Option(DEFAULT_MAX_SECONDS, "--max-audio-seconds", help="Refuse longer clips.")
 _stream_option = typer.Option(True, "--stream/--no-stream", help="Print the answer as it is generated.")
 
@@ -138,6 +138,7 @@ def ask(
         typer.echo()
     elif as_json:
         payload = {"answer": reply.text, "transcripts": reply.transcripts, "audios": paths, "model": model,
+                   "dtype": str(desta.llm_model.dtype).removeprefix("torch."),
                    "timings": {"model_load_s": round(load_seconds, 3),
                                **{k: round(v, 3) for k, v in reply.timings.items()}},
                    "generated_tokens": len(reply.token_ids)}

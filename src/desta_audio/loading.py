@@ -19,6 +19,7 @@ from desta_audio.modeling import (
     DeSTAModel,
     read_config,
 )
+from desta_audio.precision import resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def load_model(
     encoder_path = zoo.resolve_component(encoder or config.encoder_model_id)
     llm_path = zoo.resolve_component(llm or config.llm_model_id)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = _dtype(dtype, device)
+    dtype = resolve_dtype(dtype, device)
     model = build_model(config, encoder_path, llm_path, dtype=dtype, asr=asr)
     if fresh_adapter:
         log.info("%s: starting from a newly initialised adapter", reference)
@@ -180,15 +181,3 @@ def _local_dir(reference: str | Path) -> Path:
             f"{reference}: could not download from the hub ({type(error).__name__}); offline, use a preset "
             "(`desta models list`) or a local folder"
         ) from None
-
-
-def _dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, str):
-        try:
-            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
-        except KeyError:
-            raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from None
-    return dtype

@@ -46,8 +46,10 @@ def describe_system(system: Any) -> dict[str, Any]:
     if hasattr(system, "describe"):
         return system.describe()
     config = getattr(system, "config", None)
+    llm = getattr(system, "llm_model", None)
     return {"kind": type(system).__name__, "reference": getattr(system, "eval_reference", None),
-            "config": config.to_dict() if hasattr(config, "to_dict") else None}
+            "config": config.to_dict() if hasattr(config, "to_dict") else None,
+            "dtype": str(llm.dtype).removeprefix("torch.") if llm is not None else None}
 
 
 class TextBackbone:
@@ -74,7 +76,7 @@ class TextBackbone:
         return cls(model.llm, model.tokenizer, name=f"backbone-of:{getattr(model, 'eval_reference', 'desta')}")
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "text-backbone", "llm": self.name}
+        return {"kind": "text-backbone", "llm": self.name, "dtype": str(self.llm.dtype).removeprefix("torch.")}
 
     def chat(self, conversations: list[list[dict[str, Any]]], *, max_new_tokens: int = 512, do_sample: bool = False,
              temperature: float = 0.7, top_p: float = 0.9, **_: Any) -> list[TextReply]:

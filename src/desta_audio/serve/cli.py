@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from desta_audio.audio_cache import DEFAULT_AUDIO_CACHE_MB
+from desta_audio.precision import DTYPE_HELP
 
 serve_app = typer.Typer(help="Serve a model over an OpenAI-compatible HTTP API.", add_completion=False)
 demo_app = typer.Typer(help="Run the web demo (upload or record audio, ask, chat).", add_completion=False)
@@ -20,7 +21,6 @@ _MODEL_HELP = "preset name (desta-tiny, desta-mini), local model folder or hub i
 
 _DEVICE_HELP = "cpu or cuda (default: cuda when available)"
 _AUDIO_CACHE_HELP = "MB of encoded clips kept for requests that send a clip again (multi-turn chats do); 0: off"
-_DTYPE_HELP = "float32, bfloat16 or float16 (default: bfloat16 on GPU, float32 on CPU)"
 
 
 def _check_can_listen(host: str, port: int) -> None:
@@ -55,7 +55,7 @@ def serve(
     host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 exposes it to the network)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     device: Annotated[Optional[str], typer.Option(help=_DEVICE_HELP)] = None,
-    dtype: Annotated[Optional[str], typer.Option(help=_DTYPE_HELP)] = None,
+    dtype: Annotated[Optional[str], typer.Option(help=DTYPE_HELP)] = None,
     served_name: Annotated[Optional[str], typer.Option(help="model id clients send (default: --model)")] = None,
     api_key: Annotated[
         Optional[str], typer.Option(envvar="DESTA_API_KEY", help="require 'Authorization: Bearer KEY' (env DESTA_API_KEY)")
@@ -127,7 +127,7 @@ def run_demo(
     host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 exposes it to the network)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 7860,
     device: Annotated[Optional[str], typer.Option(help=_DEVICE_HELP)] = None,
-    dtype: Annotated[Optional[str], typer.Option(help=_DTYPE_HELP)] = None,
+    dtype: Annotated[Optional[str], typer.Option(help=DTYPE_HELP)] = None,
     max_new_tokens: Annotated[int, typer.Option(help="longest answer, in tokens")] = 256,
     audio_cache_mb: Annotated[float, typer.Option(help=_AUDIO_CACHE_HELP)] = DEFAULT_AUDIO_CACHE_MB,
 ) -> None:
