@@ -70,3 +70,36 @@ def test_native_bf16_default_loads_and_hears_speech(no_env, monkeypatch, tmp_pat
     heard = {w.strip(".,!?").lower() for w in reply.transcripts[0].split()}
     assert {"quick", "brown", "fox", "lazy", "dog"} <= heard
     assert reply.text.strip()
+
+
+def test_names_are_checked_without_loading_anything(monkeypatch):
+    monkeypatch.delenv(precision.DTYPE_ENV, raising=False)
+    precision.check_dtype_names(None)
+    precision.check_dtype_names("BF16")
+    with pytest.raises(ValueError, match="unknown --dtype 'int8'"):
+        precision.check_dtype_names("int8")
+    monkeypatch.setenv(precision.DTYPE_ENV, "double")
+    with pytest.raises(ValueError, match=r"unknown \$DESTA_DTYPE 'double'"):
+        precision.check_dtype_names(None)
+    precision.check_dtype_names("float32")  # an explicit --dtype wins over the environment
+
+
+@pytest.mark.parametrize("command", [["ask", "{clip}", "What is said?", "--dtype", "int8"], ["serve", "--port", "0"],
+                                     ["demo", "--port", "0"]])
+def test_commands_refuse_a_bad_precision_in_one_line(monkeypatch, tmp_path, command):
+    import numpy as np
+    import soundfile as sf
+    from typer.testing import CliRunner
+
+    from desta_audio.cli import _register_subcommands, app
+    from desta_audio.modeling import DeSTAModel
+
+    _register_subcommands()
+    monkeypatch.setenv(precision.DTYPE_ENV, "double")
+    monkeypatch.setattr(DeSTAModel, "from_pretrained", lambda *a, **k: pytest.fail("the model must not be loaded"))
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, np.zeros(1600, dtype=np.float32), 16000)
+    result = CliRunner().invoke(app, [part.format(clip=clip) for part in command])
+    assert result.exit_code == 2
+    assert ("'int8'" if "--dtype" in command else "$DESTA_DTYPE 'double'") in result.output
+    assert "Traceback" not in result.output

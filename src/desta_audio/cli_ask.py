@@ -14,7 +14,7 @@ import typer
 
 from desta_audio.audio import DEFAULT_MAX_SECONDS, SAMPLE_RATE
 from desta_audio.audio_cache import DEFAULT_AUDIO_CACHE_MB
-from desta_audio.precision import DTYPE_HELP
+from desta_audio.precision import DTYPE_HELP, check_dtype_names
 
 DEFAULT_MODEL = "desta-mini"
 
@@ -48,6 +48,10 @@ def _load(model: str, asr: bool, device: Optional[str], dtype: Optional[str]) ->
     # Weight-loading bars and generation-config deprecation notes are noise for someone asking a question.
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
+    try:
+        check_dtype_names(dtype)
+    except ValueError as error:
+        _fail(str(error))
     with _status(f"Loading {model}"):
         return DeSTAModel.from_pretrained(model, asr=asr, device=device, dtype=dtype)
 

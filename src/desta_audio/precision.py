@@ -28,10 +28,22 @@ _NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
 def parse_dtype(name: str, *, source: str = "dtype") -> "torch.dtype":
     import torch
 
+    return getattr(torch, _canonical(name, source))
+
+
+def _canonical(name: str, source: str) -> str:
     try:
-        return getattr(torch, _NAMES[name.strip().lower()])
+        return _NAMES[name.strip().lower()]
     except KeyError:
         raise ValueError(f"unknown {source} {name!r}; use float32, bfloat16 or float16") from None
+
+
+def check_dtype_names(dtype: str | None) -> None:
+    """Raises ValueError for an unknown `--dtype` or `$DESTA_DTYPE` before any model work (no torch needed)."""
+    if dtype is not None:
+        _canonical(dtype, "--dtype")
+    elif os.environ.get(DTYPE_ENV):
+        _canonical(os.environ[DTYPE_ENV], f"${DTYPE_ENV}")
 
 
 def cpu_has_native_bf16() -> bool:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from desta_audio.audio_cache import DEFAULT_AUDIO_CACHE_MB
-from desta_audio.precision import DTYPE_HELP
+from desta_audio.precision import DTYPE_HELP, check_dtype_names
 
 serve_app = typer.Typer(help="Serve a model over an OpenAI-compatible HTTP API.", add_completion=False)
 demo_app = typer.Typer(help="Run the web demo (upload or record audio, ask, chat).", add_completion=False)
@@ -44,6 +44,12 @@ def _check_can_listen(host: str, port: int) -> None:
 
 def _load_model(reference: str, device: Optional[str] = None, dtype: Optional[str] = None):
     from desta_audio.modeling import DeSTAModel
+
+    try:
+        check_dtype_names(dtype)
+    except ValueError as error:
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
 
     logger.info("loading %s", reference)
     return DeSTAModel.from_pretrained(reference, device=device, dtype=dtype)
