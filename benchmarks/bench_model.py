@@ -184,9 +184,9 @@ def main() -> None:
     if args.dtype is None:
         import torch
 
-        from desta_audio.precision import default_dtype
+        from desta_audio.precision import default_dtype, dtype_name
 
-        args.dtype = str(default_dtype(torch.device("cpu"))).removeprefix("torch.")
+        args.dtype = dtype_name(default_dtype(torch.device("cpu")))
     if args.one:
         print(json.dumps(measure(args.one, args.new_tokens, args.batches, args.dtype)))
         return

@@ -184,9 +184,9 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from desta_audio.precision import cpu_summary, default_dtype
+    from desta_audio.precision import cpu_summary, default_dtype, dtype_name
 
-    args.dtype = args.dtype or str(default_dtype(torch.device("cpu"))).removeprefix("torch.")
+    args.dtype = args.dtype or dtype_name(default_dtype(torch.device("cpu")))
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)

@@ -14,7 +14,7 @@ import typer
 
 from desta_audio.audio import DEFAULT_MAX_SECONDS, SAMPLE_RATE
 from desta_audio.audio_cache import DEFAULT_AUDIO_CACHE_MB
-from desta_audio.precision import DTYPE_HELP, check_dtype_names
+from desta_audio.precision import DTYPE_HELP, check_dtype_names, dtype_name
 
 DEFAULT_MODEL = "desta-mini"
 
@@ -142,7 +142,7 @@ def ask(
         typer.echo()
     elif as_json:
         payload = {"answer": reply.text, "transcripts": reply.transcripts, "audios": paths, "model": model,
-                   "dtype": str(desta.llm_model.dtype).removeprefix("torch."),
+                   "dtype": dtype_name(desta.llm_model.dtype),
                    "timings": {"model_load_s": round(load_seconds, 3),
                                **{k: round(v, 3) for k, v in reply.timings.items()}},
                    "generated_tokens": len(reply.token_ids)}

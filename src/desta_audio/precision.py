@@ -46,6 +46,11 @@ def check_dtype_names(dtype: str | None) -> None:
         _canonical(os.environ[DTYPE_ENV], f"${DTYPE_ENV}")
 
 
+def dtype_name(dtype: "torch.dtype") -> str:
+    """torch.bfloat16 -> "bfloat16", as --dtype takes it and manifests record it."""
+    return str(dtype).removeprefix("torch.")
+
+
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX tiles: bf16 matrix products run natively."""
     import torch

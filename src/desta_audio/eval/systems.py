@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from desta_audio.eval.records import AUDIO_TAG
+from desta_audio.precision import dtype_name
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def describe_system(system: Any) -> dict[str, Any]:
     llm = getattr(system, "llm_model", None)
     return {"kind": type(system).__name__, "reference": getattr(system, "eval_reference", None),
             "config": config.to_dict() if hasattr(config, "to_dict") else None,
-            "dtype": str(llm.dtype).removeprefix("torch.") if llm is not None else None}
+            "dtype": dtype_name(llm.dtype) if llm is not None else None}
 
 
 class TextBackbone:
@@ -76,7 +77,7 @@ class TextBackbone:
         return cls(model.llm, model.tokenizer, name=f"backbone-of:{getattr(model, 'eval_reference', 'desta')}")
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "text-backbone", "llm": self.name, "dtype": str(self.llm.dtype).removeprefix("torch.")}
+        return {"kind": "text-backbone", "llm": self.name, "dtype": dtype_name(self.llm.dtype)}
 
     def chat(self, conversations: list[list[dict[str, Any]]], *, max_new_tokens: int = 512, do_sample: bool = False,
              temperature: float = 0.7, top_p: float = 0.9, **_: Any) -> list[TextReply]:
