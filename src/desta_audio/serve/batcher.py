@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from desta_audio.serve.model_thread import model_worker
+
 logger = logging.getLogger(__name__)
 
 Conversation = list[dict[str, Any]]
@@ -168,8 +170,7 @@ class DynamicBatcher:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._arrival = asyncio.Event()
-        # One worker: batches run one after another; the model is not re-entrant.
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="desta-generate")
+        self._executor = model_worker()
         self._collector = asyncio.create_task(self._collect_forever(), name="desta-batcher")
 
     async def stop(self) -> None:

@@ -51,8 +51,10 @@ def _load_model(reference: str, device: Optional[str] = None, dtype: Optional[st
         typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
 
+    from desta_audio.serve.model_thread import load_on_passing_thread
+
     logger.info("loading %s", reference)
-    return DeSTAModel.from_pretrained(reference, device=device, dtype=dtype)
+    return load_on_passing_thread(DeSTAModel.from_pretrained, reference, device=device, dtype=dtype)
 
 
 @serve_app.callback(invoke_without_command=True)

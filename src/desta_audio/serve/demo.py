@@ -32,14 +32,15 @@ _INTRO = (
 
 
 def model_answer_function(model: Any, *, max_new_tokens: int = 256) -> AnswerFunction:
-    """Answer with the model directly; a lock keeps one generate at a time (the model is not re-entrant)."""
-    lock = threading.Lock()
+    """Answer with the model directly, one generate at a time on one worker thread (see `model_thread`)."""
+    from desta_audio.serve.model_thread import model_worker
+
+    worker = model_worker("desta-demo")
 
     def answer(conversation: Conversation, on_text: Callable[[str], None] | None = None,
                on_start: Callable[[list[str]], None] | None = None) -> Any:
-        with lock:
-            return model.chat([conversation], max_new_tokens=max_new_tokens, do_sample=False,
-                              on_text=[on_text], on_start=[on_start])[0]
+        return worker.submit(model.chat, [conversation], max_new_tokens=max_new_tokens, do_sample=False,
+                             on_text=[on_text], on_start=[on_start]).result()[0]
 
     return answer
 

@@ -1,0 +1,28 @@
+"""Keep a server's model work on one thread.
+
+PyTorch's OpenMP runtime on Linux (libgomp) keeps a team of helper threads for every thread that has run a parallel
+region, for as long as that thread lives. Once the process holds more of them than there are CPU cores, libgomp stops
+spinning between parallel regions and every region pays a sleep and a wake-up. On 2 cores, loading the model on the
+main thread and generating on a worker made small products 2.3x slower and a batched chat 1.6x slower
+(`benchmarks/bench_serve.py` measures the server). So the servers load the model on a thread that then exits, taking
+its team with it, and run every generate on one long-lived worker thread.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def load_on_passing_thread(load: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """`load(*args, **kwargs)` on a thread that has ended when this returns (its exceptions are raised here)."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="desta-load") as pool:
+        return pool.submit(load, *args, **kwargs).result()
+
+
+def model_worker(name: str = "desta-generate") -> concurrent.futures.ThreadPoolExecutor:
+    """The one thread that runs the model's calls, in the order they are submitted (the model is not re-entrant)."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
