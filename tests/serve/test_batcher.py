@@ -270,3 +270,59 @@ def test_stop_strings_are_not_passed_to_a_chat_function_without_them():
 
     assert run(main()) == ["answer to a", "answer to b"]
     assert chat.batches == [(["a", "b"], GREEDY)]
+
+
+async def _closed_loop_clients(batcher: DynamicBatcher, starts: list[float], rounds: int, think_s: list[float]):
+    """Clients that each send a request, wait for its answer, pause `think_s[i]`, and send the next one."""
+
+    async def client(index: int) -> None:
+        await asyncio.sleep(starts[index])
+        for round_ in range(rounds):
+            await batcher.submit(ask(f"c{index}r{round_}"), GREEDY)
+            await asyncio.sleep(think_s[index])
+
+    await asyncio.gather(*(client(i) for i in range(len(starts))))
+
+
+@pytest.mark.parametrize("refill_fraction", [0.0, 2.0])
+def test_clients_that_come_back_together_after_a_batch_share_the_next_one(refill_fraction):
+    # Two cohorts from the start (3 requests, then 5 after the 20 ms window has closed); after each batch the
+    # clients return over 10-70 ms. Without refill the cohorts alternate for good; with it they merge.
+    chat = Recorder()
+
+    def slow_chat(conversations, params):
+        threading.Event().wait(0.15)
+        return chat(conversations, params)
+
+    async def main():
+        batcher = DynamicBatcher(slow_chat, max_batch_size=8, window_s=0.02, refill_fraction=refill_fraction)
+        await batcher.start()
+        await _closed_loop_clients(batcher, starts=[0.0] * 3 + [0.06] * 5, rounds=4,
+                                   think_s=[0.01 + 0.01 * i for i in range(8)])
+        await batcher.stop()
+
+    run(main())
+    sizes = [len(names) for names, _ in chat.batches]
+    assert sum(sizes) == 32
+    if refill_fraction:
+        assert sizes == [3, 8, 8, 8, 5]  # the late cohort joins the first cohort's second round
+    else:
+        assert 8 not in sizes  # the cohorts never merged
+
+
+def test_a_lone_client_is_never_held_back_by_the_refill_wait():
+    # A refill wait this long (100x the batch time) would stall the test if a lone client's next request waited.
+    chat = Recorder()
+
+    def slow_chat(conversations, params):
+        threading.Event().wait(0.05)
+        return chat(conversations, params)
+
+    async def main():
+        batcher = DynamicBatcher(slow_chat, max_batch_size=8, window_s=0.0, refill_fraction=100.0)
+        await batcher.start()
+        await asyncio.wait_for(_closed_loop_clients(batcher, starts=[0.0], rounds=5, think_s=[0.0]), timeout=4)
+        await batcher.stop()
+
+    run(main())
+    assert [len(names) for names, _ in chat.batches] == [1] * 5

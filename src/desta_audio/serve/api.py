@@ -85,6 +85,8 @@ class ServeSettings:
     api_key: str | None = None
     max_batch_size: int = 16
     batch_window_ms: float = 15.0
+    # After a batch of N, the next one waits for N requests up to this fraction of that batch's time (see batcher).
+    batch_refill: float = 0.1
     max_queue: int = 64
     max_audio_seconds: float = 600.0
     max_request_mb: float = 25.0
@@ -399,6 +401,7 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
         chat or model_chat_function(model),
         max_batch_size=settings.max_batch_size,
         window_s=settings.batch_window_ms / 1000.0,
+        refill_fraction=settings.batch_refill,
         max_queue=settings.max_queue,
         on_batch=metrics.batch_size.observe,
     )

@@ -7,6 +7,13 @@ batches at once. While a batch runs, new requests pile up (up to `max_queue`) an
 where the throughput comes from. A full queue is refused at once (`QueueFullError`) instead of growing without
 bound.
 
+Refill: clients that each wait for their answer before sending the next request (chat UIs, evaluation scripts)
+come back together when a batch ends, but not within one short window: their new requests trickle in over tens of
+milliseconds. Taking the first arrivals alone would split them into two cohorts that then alternate for good (16
+clients ran as batches of 6 and 10). So when a batch of N ends with M requests waiting, the next batch waits for
+N + M of them (at most `max_batch_size`), up to `refill_fraction` of the time that batch took; a lone client
+(N = 1, M = 0) never waits.
+
 Streaming: a request may carry `on_text(delta)` and `on_start(transcripts)` hooks, called on the worker thread.
 A chat function that takes `on_text` / `on_start` keyword arguments (one callback or None per conversation)
 streams token by token; streaming and non-streaming requests with the same sampling parameters still share a
@@ -145,12 +152,13 @@ class DynamicBatcher:
         max_batch_size: int = 16,
         window_s: float = 0.015,
         max_queue: int = 64,
+        refill_fraction: float = 0.1,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
-        if max_batch_size < 1 or max_queue < 1 or window_s < 0:
+        if max_batch_size < 1 or max_queue < 1 or window_s < 0 or refill_fraction < 0:
             raise ValueError(
                 f"max_batch_size ({max_batch_size}) and max_queue ({max_queue}) must be >= 1, "
-                f"window_s ({window_s}) >= 0"
+                f"window_s ({window_s}) and refill_fraction ({refill_fraction}) >= 0"
             )
         self._chat = chat
         self._chat_streams = accepts_stream_hooks(chat)
@@ -158,7 +166,10 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.window_s = window_s
         self.max_queue = max_queue
+        self.refill_fraction = refill_fraction
         self._on_batch = on_batch
+        self._refill_target = 0  # requests the next batch waits for, until `_refill_until` (loop time)
+        self._refill_until = 0.0
         self._pending: list[_Job] = []
         self._running = 0
         self._arrival: asyncio.Event | None = None
@@ -263,9 +274,13 @@ class DynamicBatcher:
                 continue
             oldest = self._pending[0]
             companions = [job for job in self._pending if job.params == oldest.params]
-            still_open = oldest.enqueued_at + self.window_s - loop.time()
-            if still_open > 0 and len(companions) < self.max_batch_size:
-                await asyncio.sleep(still_open)
+            now = loop.time()
+            window_ends = oldest.enqueued_at + self.window_s
+            wanted = self.max_batch_size if now < window_ends else 0
+            if now < self._refill_until:
+                wanted = max(wanted, self._refill_target)
+            if len(companions) < wanted:
+                await self._next_arrival(max(window_ends, self._refill_until) - now)
                 continue
             batch = companions[: self.max_batch_size]
             taken = set(map(id, batch))
@@ -274,8 +289,19 @@ class DynamicBatcher:
                 self._arrival.clear()
             await self._run(batch)
 
+    async def _next_arrival(self, timeout: float) -> None:
+        """Wait until a request arrives or `timeout` passes; either way the collector looks at the queue again."""
+        assert self._arrival is not None
+        self._arrival.clear()
+        try:
+            await asyncio.wait_for(self._arrival.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        self._arrival.set()
+
     async def _run(self, batch: list[_Job]) -> None:
         assert self._loop is not None
+        started = self._loop.time()
         self._running = len(batch)
         if self._on_batch is not None:
             self._on_batch(len(batch))
@@ -290,6 +316,10 @@ class DynamicBatcher:
             outcomes = [error] * len(batch)
         finally:
             self._running = 0
+        ended = self._loop.time()
+        waiting = sum(1 for job in self._pending if not job.future.done())
+        self._refill_target = min(len(batch) + waiting, self.max_batch_size)
+        self._refill_until = ended + self.refill_fraction * (ended - started)
         for job, outcome in zip(batch, outcomes):
             if job.future.done():  # the client gave up (timeout, disconnect)
                 continue

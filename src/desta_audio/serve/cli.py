@@ -70,6 +70,9 @@ def serve(
     ] = None,
     max_batch: Annotated[int, typer.Option(help="most conversations in one batched generate")] = 16,
     batch_window_ms: Annotated[float, typer.Option(help="how long the first request waits for companions")] = 15.0,
+    batch_refill: Annotated[float, typer.Option(
+        help="after a batch of N, the next waits for N requests, up to this fraction of the last batch's time "
+             "(clients that wait for each answer come back together); 0: off")] = 0.1,
     max_queue: Annotated[int, typer.Option(help="waiting requests before new ones get 503")] = 64,
     max_audio_seconds: Annotated[float, typer.Option(help="most audio per request, in seconds")] = 600.0,
     max_request_mb: Annotated[float, typer.Option(help="largest request body, in MB")] = 25.0,
@@ -96,6 +99,7 @@ def serve(
         api_key=api_key,
         max_batch_size=max_batch,
         batch_window_ms=batch_window_ms,
+        batch_refill=batch_refill,
         max_queue=max_queue,
         max_audio_seconds=max_audio_seconds,
         max_request_mb=max_request_mb,
