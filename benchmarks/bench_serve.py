@@ -75,11 +75,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: str, port: int, max_batch: int, log: Path, audio_cache_mb: float,
-                 dtype: str) -> subprocess.Popen:
-    command = [sys.executable, "-c", "from desta_audio.cli import main; main()", "serve", "--model", model,
-               "--port", str(port), "--max-batch", str(max_batch), "--max-queue", "256", "--request-timeout", "600",
-               "--audio-cache-mb", str(audio_cache_mb), "--dtype", dtype, "--log-level", "warning"]
+def start_server(args: argparse.Namespace, port: int, log: Path, audio_cache_mb: float) -> subprocess.Popen:
+    command = [sys.executable, "-c", "from desta_audio.cli import main; main()", "serve", "--model", args.model,
+               "--port", str(port), "--max-batch", str(args.max_batch), "--batch-refill", str(args.batch_refill),
+               "--max-queue", "256", "--request-timeout", "600", "--audio-cache-mb", str(audio_cache_mb),
+               "--dtype", args.dtype, "--log-level", "warning"]
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -91,7 +91,7 @@ def server_url(args: argparse.Namespace, folder: Path, audio_cache_mb: float):
         return
     url = f"http://127.0.0.1:{free_port()}"
     log = folder / f"server-{audio_cache_mb:g}.log"
-    server = start_server(args.model, int(url.rsplit(":", 1)[1]), args.max_batch, log, audio_cache_mb, args.dtype)
+    server = start_server(args, int(url.rsplit(":", 1)[1]), log, audio_cache_mb)
     try:
         wait_ready(url, server, log)
         yield url
@@ -169,12 +169,16 @@ def run_level(client, model: str, clips: list[bytes], concurrency: int, requests
 
 
 def main() -> None:
+    from desta_audio.serve.api import ServeSettings
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="desta-tiny")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level (at least 2x clients)")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--batch-refill", type=float, default=ServeSettings.batch_refill,
+                        help="the server's --batch-refill (0: each batch takes only what is waiting)")
     parser.add_argument("--url", default=None, help="use an already running server instead of starting one "
                         "(started with --audio-cache-mb 0 for a fair table; no cache-on conversation then)")
     parser.add_argument("--turns", type=int, default=4, help="turns of the multi-turn conversation (0: skip it)")
@@ -210,6 +214,7 @@ def main() -> None:
     sequential = rows[0]
     print(f"\nmodel {args.model}, {requests} requests per row ({requests - requests // 4} with a spoken clip + ASR, "
           f"{requests // 4} text-only), {args.max_tokens} new tokens (greedy), max batch {args.max_batch}, "
+          f"batch refill {args.batch_refill:g}, "
           f"{args.dtype}; CPU: {cpu_summary()}\n")
     print("| clients | requests/s | p50 s | p95 s | speedup vs sequential | answers = sequential |")
     print("|---|---:|---:|---:|---:|---:|")
