@@ -272,13 +272,14 @@ def test_stop_strings_are_not_passed_to_a_chat_function_without_them():
     assert chat.batches == [(["a", "b"], GREEDY)]
 
 
-async def _closed_loop_clients(batcher: DynamicBatcher, starts: list[float], rounds: int, think_s: list[float]):
+async def _closed_loop_clients(batcher: DynamicBatcher, starts: list[float], rounds: int, think_s: list[float],
+                               params: list[SamplingParams] | None = None):
     """Clients that each send a request, wait for its answer, pause `think_s[i]`, and send the next one."""
 
     async def client(index: int) -> None:
         await asyncio.sleep(starts[index])
         for round_ in range(rounds):
-            await batcher.submit(ask(f"c{index}r{round_}"), GREEDY)
+            await batcher.submit(ask(f"c{index}r{round_}"), params[index] if params else GREEDY)
             await asyncio.sleep(think_s[index])
 
     await asyncio.gather(*(client(i) for i in range(len(starts))))
@@ -326,3 +327,25 @@ def test_a_lone_client_is_never_held_back_by_the_refill_wait():
 
     run(main())
     assert [len(names) for names, _ in chat.batches] == [1] * 5
+
+
+def test_the_refill_wait_never_holds_back_a_batch_with_other_sampling_settings():
+    # Greedy and sampled clients alternate batches; waiting for the other kind to come back would stall the test.
+    chat = Recorder()
+
+    def slow_chat(conversations, params):
+        threading.Event().wait(0.05)
+        return chat(conversations, params)
+
+    async def main():
+        batcher = DynamicBatcher(slow_chat, max_batch_size=8, window_s=0.0, refill_fraction=100.0)
+        await batcher.start()
+        await asyncio.wait_for(_closed_loop_clients(batcher, starts=[0.0, 0.0, 0.01, 0.01], rounds=3,
+                                                    think_s=[0.0] * 4, params=[GREEDY, GREEDY, SAMPLED, SAMPLED]),
+                               timeout=4)
+        await batcher.stop()
+
+    run(main())
+    assert sum(len(names) for names, _ in chat.batches) == 12
+    for names, params in chat.batches:
+        assert {name[1] for name in names} <= ({"0", "1"} if params == GREEDY else {"2", "3"})

@@ -10,9 +10,9 @@ bound.
 Refill: clients that each wait for their answer before sending the next request (chat UIs, evaluation scripts)
 come back together when a batch ends, but not within one short window: their new requests trickle in over tens of
 milliseconds. Taking the first arrivals alone would split them into two cohorts that then alternate for good (16
-clients ran as batches of 6 and 10). So when a batch of N ends with M requests waiting, the next batch waits for
-N + M of them (at most `max_batch_size`), up to `refill_fraction` of the time that batch took; a lone client
-(N = 1, M = 0) never waits.
+clients ran as batches of 6 and 10). So when a batch of N ends with M requests of its sampling parameters waiting,
+the next batch with those parameters waits for N + M of them (at most `max_batch_size`), up to `refill_fraction`
+of the time that batch took. A lone client (N = 1, M = 0) never waits, nor does a batch with other parameters.
 
 Streaming: a request may carry `on_text(delta)` and `on_start(transcripts)` hooks, called on the worker thread.
 A chat function that takes `on_text` / `on_start` keyword arguments (one callback or None per conversation)
@@ -168,7 +168,9 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.refill_fraction = refill_fraction
         self._on_batch = on_batch
-        self._refill_target = 0  # requests the next batch waits for, until `_refill_until` (loop time)
+        # Until `_refill_until` (loop time), a batch with `_refill_params` waits for `_refill_target` requests.
+        self._refill_params: SamplingParams | None = None
+        self._refill_target = 0
         self._refill_until = 0.0
         self._pending: list[_Job] = []
         self._running = 0
@@ -277,7 +279,7 @@ class DynamicBatcher:
             now = loop.time()
             window_ends = oldest.enqueued_at + self.window_s
             wanted = self.max_batch_size if now < window_ends else 0
-            if now < self._refill_until:
+            if now < self._refill_until and oldest.params == self._refill_params:
                 wanted = max(wanted, self._refill_target)
             if len(companions) < wanted:
                 await self._next_arrival(max(window_ends, self._refill_until) - now)
@@ -317,7 +319,8 @@ class DynamicBatcher:
         finally:
             self._running = 0
         ended = self._loop.time()
-        waiting = sum(1 for job in self._pending if not job.future.done())
+        self._refill_params = batch[0].params
+        waiting = sum(1 for job in self._pending if job.params == self._refill_params and not job.future.done())
         self._refill_target = min(len(batch) + waiting, self.max_batch_size)
         self._refill_until = ended + self.refill_fraction * (ended - started)
         for job, outcome in zip(batch, outcomes):
