@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -24,6 +25,7 @@ class Recorder:
     def __call__(self, conversations, params):
         self.threads.add(threading.current_thread().name)
         self.release.wait(5)
+        time.sleep(self.delay_s)
         names = [c[0]["content"] for c in conversations]
         self.batches.append((names, params))
         if self.fail_on in names:
@@ -289,14 +291,10 @@ async def _closed_loop_clients(batcher: DynamicBatcher, starts: list[float], rou
 def test_clients_that_come_back_together_after_a_batch_share_the_next_one(refill_fraction):
     # Two cohorts from the start (3 requests, then 5 after the 20 ms window has closed); after each batch the
     # clients return over 10-70 ms. Without refill the cohorts alternate for good; with it they merge.
-    chat = Recorder()
-
-    def slow_chat(conversations, params):
-        threading.Event().wait(0.15)
-        return chat(conversations, params)
+    chat = Recorder(delay_s=0.15)
 
     async def main():
-        batcher = DynamicBatcher(slow_chat, max_batch_size=8, window_s=0.02, refill_fraction=refill_fraction)
+        batcher = DynamicBatcher(chat, max_batch_size=8, window_s=0.02, refill_fraction=refill_fraction)
         await batcher.start()
         await _closed_loop_clients(batcher, starts=[0.0] * 3 + [0.06] * 5, rounds=4,
                                    think_s=[0.01 + 0.01 * i for i in range(8)])
@@ -313,14 +311,10 @@ def test_clients_that_come_back_together_after_a_batch_share_the_next_one(refill
 
 def test_a_lone_client_is_never_held_back_by_the_refill_wait():
     # A refill wait this long (100x the batch time) would stall the test if a lone client's next request waited.
-    chat = Recorder()
-
-    def slow_chat(conversations, params):
-        threading.Event().wait(0.05)
-        return chat(conversations, params)
+    chat = Recorder(delay_s=0.05)
 
     async def main():
-        batcher = DynamicBatcher(slow_chat, max_batch_size=8, window_s=0.0, refill_fraction=100.0)
+        batcher = DynamicBatcher(chat, max_batch_size=8, window_s=0.0, refill_fraction=100.0)
         await batcher.start()
         await asyncio.wait_for(_closed_loop_clients(batcher, starts=[0.0], rounds=5, think_s=[0.0]), timeout=4)
         await batcher.stop()
@@ -331,14 +325,10 @@ def test_a_lone_client_is_never_held_back_by_the_refill_wait():
 
 def test_the_refill_wait_never_holds_back_a_batch_with_other_sampling_settings():
     # Greedy and sampled clients alternate batches; waiting for the other kind to come back would stall the test.
-    chat = Recorder()
-
-    def slow_chat(conversations, params):
-        threading.Event().wait(0.05)
-        return chat(conversations, params)
+    chat = Recorder(delay_s=0.05)
 
     async def main():
-        batcher = DynamicBatcher(slow_chat, max_batch_size=8, window_s=0.0, refill_fraction=100.0)
+        batcher = DynamicBatcher(chat, max_batch_size=8, window_s=0.0, refill_fraction=100.0)
         await batcher.start()
         await asyncio.wait_for(_closed_loop_clients(batcher, starts=[0.0, 0.0, 0.01, 0.01], rounds=3,
                                                     think_s=[0.0] * 4, params=[GREEDY, GREEDY, SAMPLED, SAMPLED]),
