@@ -11,6 +11,7 @@ its team with it, and run every generate on one long-lived worker thread.
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -18,9 +19,22 @@ T = TypeVar("T")
 
 
 def load_on_passing_thread(load: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """`load(*args, **kwargs)` on a thread that has ended when this returns (its exceptions are raised here)."""
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="desta-load") as pool:
-        return pool.submit(load, *args, **kwargs).result()
+    """`load(*args, **kwargs)` on a thread that has ended when this returns (its exceptions are raised here).
+    The thread is a daemon, so Ctrl-C during a long load ends the process at once instead of waiting for it."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = load(*args, **kwargs)
+        except BaseException as error:  # handed to the caller, which raises it
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="desta-load", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def model_worker(name: str = "desta-generate") -> concurrent.futures.ThreadPoolExecutor:
