@@ -131,6 +131,7 @@ def test_models_health_and_metrics(served):
     assert metrics.headers["content-type"].startswith("text/plain")
     assert 'desta_requests_total{status="200"} 1.0' in metrics.text
     assert "desta_batch_size_count 1.0" in metrics.text
+    assert "desta_queue_wait_seconds_count 1.0" in metrics.text
 
 
 @pytest.mark.parametrize(

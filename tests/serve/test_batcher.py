@@ -339,3 +339,19 @@ def test_the_refill_wait_never_holds_back_a_batch_with_other_sampling_settings()
     assert sum(len(names) for names, _ in chat.batches) == 12
     for names, params in chat.batches:
         assert {name[1] for name in names} <= ({"0", "1"} if params == GREEDY else {"2", "3"})
+
+
+def test_each_request_reports_how_long_it_waited_for_its_batch():
+    chat, waits = Recorder(delay_s=0.1), []
+
+    async def main():
+        batcher = DynamicBatcher(chat, max_batch_size=8, window_s=0.0, on_wait=waits.append)
+        await batcher.start()
+        first = batcher.enqueue(ask("first"), GREEDY)
+        await asyncio.sleep(0.02)  # the first batch is running: the second request waits for it to end
+        await asyncio.gather(first, batcher.submit(ask("second"), GREEDY))
+        await batcher.stop()
+
+    run(main())
+    assert [names for names, _ in chat.batches] == [["first"], ["second"]]
+    assert len(waits) == 2 and 0 <= waits[0] < 0.05 < waits[1]

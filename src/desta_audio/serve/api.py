@@ -404,6 +404,7 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
         refill_fraction=settings.batch_refill,
         max_queue=settings.max_queue,
         on_batch=metrics.batch_size.observe,
+        on_wait=metrics.queue_wait.observe,
     )
     metrics.watch_queue(lambda: batcher.queue_depth, lambda: batcher.running)
     if hasattr(model, "enable_audio_cache"):

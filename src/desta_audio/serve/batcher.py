@@ -154,7 +154,10 @@ class DynamicBatcher:
         max_queue: int = 64,
         refill_fraction: float = 0.1,
         on_batch: Callable[[int], None] | None = None,
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
+        """on_batch(size) is called as each batch starts, on_wait(seconds) once per request it holds, with the time
+        that request waited for it."""
         if max_batch_size < 1 or max_queue < 1 or window_s < 0 or refill_fraction < 0:
             raise ValueError(
                 f"max_batch_size ({max_batch_size}) and max_queue ({max_queue}) must be >= 1, "
@@ -168,6 +171,7 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.refill_fraction = refill_fraction
         self._on_batch = on_batch
+        self._on_wait = on_wait
         # Until `_refill_until` (loop time), a batch with `_refill_params` waits for `_refill_target` requests.
         self._refill_params: SamplingParams | None = None
         self._refill_target = 0
@@ -307,6 +311,9 @@ class DynamicBatcher:
         self._running = len(batch)
         if self._on_batch is not None:
             self._on_batch(len(batch))
+        if self._on_wait is not None:
+            for job in batch:
+                self._on_wait(started - job.enqueued_at)
         conversations = [job.conversation for job in batch]
         streams = [job.stream for job in batch]
         stops = [job.stop for job in batch]

@@ -30,6 +30,12 @@ class ServeMetrics:
         self.batch_size = Histogram(
             "desta_batch_size", "Conversations per batched generate call.", buckets=_BATCH_BUCKETS, registry=self.registry
         )
+        self.queue_wait = Histogram(
+            "desta_queue_wait_seconds",
+            "Time from accepting a chat request to the start of its batch (queue, batch window and refill wait).",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.completion_tokens = Counter(
             "desta_completion_tokens", "Tokens generated in answers.", registry=self.registry
         )
