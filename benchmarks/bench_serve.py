@@ -3,6 +3,7 @@
     python benchmarks/bench_serve.py                           # desta-tiny: sequential, then 1 / 4 / 16 clients
     python benchmarks/bench_serve.py --model desta-mini --max-tokens 32 --concurrency 1 4 16
     python benchmarks/bench_serve.py --concurrency 4 --turns 0  # no multi-turn section
+    python benchmarks/bench_serve.py --concurrency 16 --turns 0 --batch-refill 0   # the server's refill wait off
 
 Starts `desta serve` as a subprocess on a free loopback port (so the clients do not share its interpreter), sends
 the same mix of requests (a spoken clip + a question, greedy, `max_tokens` answer; every fourth request text-only)
