@@ -355,3 +355,17 @@ def test_each_request_reports_how_long_it_waited_for_its_batch():
     run(main())
     assert [names for names, _ in chat.batches] == [["first"], ["second"]]
     assert len(waits) == 2 and 0 <= waits[0] < 0.05 < waits[1]
+
+
+def test_a_request_with_other_settings_after_a_batch_waits_only_its_window():
+    chat = Recorder(delay_s=0.05)
+
+    async def main():
+        batcher = DynamicBatcher(chat, max_batch_size=8, window_s=0.02, refill_fraction=100.0)
+        await batcher.start()
+        await batcher.submit(ask("greedy"), GREEDY)  # its clients might come back for 5 s...
+        await asyncio.wait_for(batcher.submit(ask("sampled"), SAMPLED), timeout=2)  # ...which is not this one's wait
+        await batcher.stop()
+
+    run(main())
+    assert [names for names, _ in chat.batches] == [["greedy"], ["sampled"]]

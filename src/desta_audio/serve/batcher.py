@@ -281,12 +281,16 @@ class DynamicBatcher:
             oldest = self._pending[0]
             companions = [job for job in self._pending if job.params == oldest.params]
             now = loop.time()
+            # Each wait that still applies and is not yet satisfied, by when it ends.
+            deadlines = []
             window_ends = oldest.enqueued_at + self.window_s
-            wanted = self.max_batch_size if now < window_ends else 0
-            if now < self._refill_until and oldest.params == self._refill_params:
-                wanted = max(wanted, self._refill_target)
-            if len(companions) < wanted:
-                await self._next_arrival(max(window_ends, self._refill_until) - now)
+            if now < window_ends and len(companions) < self.max_batch_size:
+                deadlines.append(window_ends)
+            refilling = now < self._refill_until and oldest.params == self._refill_params
+            if refilling and len(companions) < self._refill_target:
+                deadlines.append(self._refill_until)
+            if deadlines:
+                await self._next_arrival(max(deadlines) - now)
                 continue
             batch = companions[: self.max_batch_size]
             taken = set(map(id, batch))
