@@ -175,7 +175,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="desta-tiny")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level (at least 2x clients)")
+    parser.add_argument("--requests", type=int, default=64,
+                        help="requests per concurrency level (at least 2x clients; 64 = 4 rounds of 16 clients, so the "
+                        "first round's staggered start weighs less)")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--batch-refill", type=float, default=ServeSettings.batch_refill,
