@@ -1,8 +1,9 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from desta_audio.config import DeSTAConfig, default_tap_layers
-from desta_audio.qformer import QFormer, QFormerConnector
+from desta_audio.qformer import QFormer, QFormerConnector, _attention_with_dropout
 
 
 def test_default_taps_match_the_release():
@@ -65,3 +66,14 @@ def test_release_sized_connector_has_the_published_parameter_count():
     connector = QFormerConnector(num_taps=4, encoder_hidden=1280, encoder_heads=20, llm_hidden=4096, num_layers=6)
     count = sum(p.numel() for p in connector.parameters())
     assert round(count / 1e6, 1) == 131.5  # SPEC: ~131.5M trainable parameters in the release
+
+
+def test_training_attention_draws_the_same_dropout_as_scaled_dot_product_attention():
+    q, k, v = torch.randn(2, 4, 8, 16), torch.randn(2, 4, 30, 16), torch.randn(2, 4, 30, 16)
+    torch.manual_seed(3)
+    expected = F.scaled_dot_product_attention(q, k, v, dropout_p=0.3)
+    torch.manual_seed(3)
+    got = _attention_with_dropout(q, k, v, 0.3)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(4)
+    assert not torch.allclose(_attention_with_dropout(q, k, v, 0.3), expected)  # another draw, another mask
