@@ -85,7 +85,8 @@ class ServeSettings:
     api_key: str | None = None
     max_batch_size: int = 16
     batch_window_ms: float = 15.0
-    # After a batch of N, the next one waits for N requests up to this fraction of that batch's time (see batcher).
+    # After a batch of N with M like it waiting, the next such batch waits for N + M requests, up to this fraction
+    # of that batch's time (see batcher).
     batch_refill: float = 0.1
     max_queue: int = 64
     max_audio_seconds: float = 600.0

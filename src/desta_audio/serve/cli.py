@@ -71,8 +71,8 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="most conversations in one batched generate")] = 16,
     batch_window_ms: Annotated[float, typer.Option(help="how long the first request waits for companions")] = 15.0,
     batch_refill: Annotated[float, typer.Option(
-        help="after a batch of N, the next waits for N requests, up to this fraction of the last batch's time "
-             "(clients that wait for each answer come back together); 0: off")] = 0.1,
+        help="after a batch of N with M like it waiting, the next such batch waits for N+M requests, up to this "
+             "fraction of the last batch's time (clients that wait for each answer come back together); 0: off")] = 0.1,
     max_queue: Annotated[int, typer.Option(help="waiting requests before new ones get 503")] = 64,
     max_audio_seconds: Annotated[float, typer.Option(help="most audio per request, in seconds")] = 600.0,
     max_request_mb: Annotated[float, typer.Option(help="largest request body, in MB")] = 25.0,
