@@ -19,14 +19,14 @@ def test_mmau_run_rescore_and_report(tmp_path, monkeypatch):
     out = tmp_path / "run"
     result = runner.invoke(cli.app, ["mmau", "--data", str(data), "--model", "fake", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    scores = json.loads((out / "mmau.scores.json").read_text())
+    scores = json.loads((out / "mmau.test-mini.scores.json").read_text())
     assert scores["total"]["correct"] == 2 and scores["data_version"] == "v05.15.25"
-    manifest = json.loads((out / "mmau.manifest.json").read_text())
+    manifest = json.loads((out / "mmau.test-mini.manifest.json").read_text())
     assert manifest["generation"] == {"max_new_tokens": 512, "do_sample": False}
     assert manifest["scoring"]["scorer_version"] == "mmau-string-match-1"
-    raw = runner.invoke(cli.app, ["score", str(out / "mmau.predictions.jsonl"), "--raw"])
+    raw = runner.invoke(cli.app, ["score", str(out / "mmau.test-mini.predictions.jsonl"), "--raw"])
     assert raw.exit_code == 0, raw.output
-    assert json.loads((out / "mmau.scores.json").read_text())["scored_text"] == "raw response"
+    assert json.loads((out / "mmau.test-mini.scores.json").read_text())["scored_text"] == "raw response"
     report = runner.invoke(cli.app, ["report", str(out), "--label", "fake"])
     assert report.exit_code == 0 and (out / "report.png").exists()
 
@@ -69,7 +69,7 @@ def test_unreadable_benchmark_data_is_a_one_line_error_before_any_model_work(tmp
         "numbers.json": ("[1, 2]", "record 1 is not an object"),
         "scalar.json": ('"text"', "expected a list of records"),
         "no_choices.json": ('[{"id": "x", "question": "q", "answer": "a", "audio_id": "a.wav"}]',
-                            "a record has no 'choices' field"),
+                            "no_choices.json: record 1 (id 'x') has no 'choices' field"),
     }
     for name, (content, message) in cases.items():
         (tmp_path / name).write_text(content)

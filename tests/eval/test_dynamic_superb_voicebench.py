@@ -152,3 +152,71 @@ def test_voicebench_load_hf_folder(tmp_path):
     assert items[0].conversation[1]["audios"][0]["audio"].load().shape == (4800,)
     with pytest.raises(ValueError, match="unknown"):
         voicebench.load(path, subset="nope")
+
+
+def test_sdqa_counts_unreadable_verdicts_and_records_the_judge():
+    rows = _vb_rows("sd-qa", [{"response": "Paris", "prompt": "capital?", "reference": "Paris", "split": "usa"}])
+    result = voicebench.score(rows, FakeJudge(default="Maybe"), use_pedant=False)
+    assert result["gpt"] == 0.0 and result["judge_parse_failures"] == 3  # three samples, none yes/no
+    assert result["judge"] == "fake" and result["judge_params"] == voicebench.JUDGE_PARAMS
+    assert result["judge_samples"] == 3 and result["judge_prompts"]["origin"] == "project wording"
+    opened = voicebench.score(_vb_rows("commoneval", [{"response": "Blue.", "prompt": "Sky?"}]),
+                              FakeJudge(default="4"))
+    assert opened["judge_params"] == voicebench.JUDGE_PARAMS and opened["judge_parse_failures"] == 0
+
+
+def test_dynamic_superb_judge_matcher_records_the_judge_params():
+    rows = [{"id": "SpeechDetection_LJSpeech/a", "instance": "SpeechDetection_LJSpeech", "dimension": "Content",
+             "label": "yes", "instruction": "Speech?", "response": "yes"}]
+    judged = dynamic_superb.score(rows, FakeJudge(default="Result: YES"), matcher="judge")
+    assert judged["judge_params"] == dynamic_superb.JUDGE_PARAMS and judged["judge_parse_failures"] == 0
+    assert "judge_params" not in dynamic_superb.score(rows)  # no judge, nothing to record
+
+
+def test_pedant_version_is_recorded_and_a_different_one_is_warned(monkeypatch, caplog):
+    import importlib.metadata
+    import tomllib
+    from pathlib import Path
+
+    from desta_audio.eval.runner import _versions
+
+    real = importlib.metadata.version
+    installed = {"qa-metrics": "0.2.42"}
+
+    def fake_version(name):
+        if name == "qa-metrics":
+            if name not in installed:
+                raise importlib.metadata.PackageNotFoundError(name)
+            return installed[name]
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", fake_version)
+    assert _versions()["qa-metrics"] == "0.2.42"
+    with caplog.at_level("WARNING"):
+        assert voicebench.check_pedant_version() == "0.2.42"
+    assert "qa-metrics 0.2.42 is installed" in caplog.text and "differ from the 0.2.17 VoiceBench pins" in caplog.text
+    installed.clear()
+    assert _versions()["qa-metrics"] == "not installed"
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert pyproject["project"]["optional-dependencies"]["pedant"] == [f"qa-metrics=={voicebench.PEDANT_VERSION}"]
+
+
+def test_mmsu_parquet_domains_come_from_the_file_names(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "vbp" / "mmsu"
+    folder.mkdir(parents=True)
+    for domain in ("biology", "law"):
+        pq.write_table(pa.table({"audio": [{"bytes": wav_bytes(), "path": f"{domain}.wav"}],
+                                 "prompt": [f"{domain} question"], "reference": ["A"], "id": [f"{domain}_0"]}),
+                       folder / f"{domain}-00000-of-00001.parquet")
+    items, info = voicebench.load(folder)
+    assert [item.id for item in items] == ["biology/biology_0", "law/law_0"]
+    rows = [dict(id=item.id, response="The answer is A" if "biology" in item.id else "The answer is B",
+                 **item.reference) for item in items]
+    assert voicebench.score(rows)["domains"] == {"biology": 100.0, "law": 0.0}
+    law, law_info = voicebench.load(folder, split="law")
+    assert [item.reference["split"] for item in law] == ["law"] and law_info["data_version"] == "voicebench/mmsu/law"
+    with pytest.raises(ValueError, match="no split 'chemistry'.*biology, law"):
+        voicebench.load(folder, split="chemistry")

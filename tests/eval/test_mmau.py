@@ -110,3 +110,15 @@ def test_inference_then_scoring_end_to_end(tmp_path):
     assert isinstance(system.calls[0][0][1]["audios"][0]["audio"], str)  # paths are passed through
     result = mmau.score(rows)
     assert result["total"]["correct"] == 2 and result["task"]["music"]["accuracy"] == 0.0
+
+
+def test_test_split_without_answers_loads_and_refuses_to_score(tmp_path):
+    path = _write_mmau(tmp_path, with_id=True)
+    records = [{k: v for k, v in record.items() if k != "answer"} | {"split": "test"}
+               for record in json.loads(path.read_text())]
+    hidden = tmp_path / "mmau-test.json"
+    hidden.write_text(json.dumps(records))
+    items, info = mmau.load(hidden)
+    assert info["split"] == "test" and items[0].reference["answer"] is None
+    with pytest.raises(ValueError, match="3 item\\(s\\) have no answer.*hides its answers"):
+        mmau.score([dict(id=i.id, response="x", **i.reference) for i in items])

@@ -12,7 +12,7 @@ import pytest
 
 from desta_audio.eval.records import AudioRef, EvalItem, audio_message, read_jsonl
 from desta_audio.eval.remote import OpenAIChatSystem, openai_messages
-from desta_audio.eval.runner import materialize, run_inference
+from desta_audio.eval.runner import errors_path, materialize, run_inference
 from desta_audio.serve.api import ServeSettings, create_app
 
 from tests.eval.helpers import write_tone
@@ -92,17 +92,19 @@ def test_refused_request_is_recorded_then_retried_on_resume(tmp_path):
     with serve(RecordingModel(), max_audio_seconds=1.0) as url:
         run_inference(OpenAIChatSystem(f"{url}/v1", MODEL_ID), items, predictions, batch_size=2)
     rows = {row["id"]: row for row in read_jsonl(predictions)}
-    assert rows["short"]["response"] and "error" not in rows["short"]
-    assert rows["long"]["response"] is None and rows["long"]["error"].startswith("400")
-    assert "limit" in rows["long"]["error"]
+    assert list(rows) == ["short"] and rows["short"]["response"]  # the refused item gets no prediction row
+    refused = read_jsonl(errors_path(predictions))
+    assert [row["id"] for row in refused] == ["long"]
+    assert refused[0]["error"].startswith("400") and "limit" in refused[0]["error"]
 
     model = RecordingModel()
     with serve(model) as url:  # the operator raised the limit: resuming sends only the refused item again
         run_inference(OpenAIChatSystem(f"{url}/v1", MODEL_ID), items, predictions, batch_size=2)
     assert [c[-1]["content"] for c in model.conversations] == ["<|AUDIO|>\nlong?"]
     rows = read_jsonl(predictions)
-    assert sorted(row["id"] for row in rows) == ["long", "short"]  # replaced, not duplicated
+    assert sorted(row["id"] for row in rows) == ["long", "short"]
     assert all(row["response"] and "error" not in row for row in rows)
+    assert not errors_path(predictions).exists()
 
 
 def test_server_errors_stop_the_run_and_keep_finished_items(tmp_path):
@@ -143,17 +145,17 @@ def test_cli_evaluates_a_served_model_and_counts_refusals(tmp_path):
     args = ["mmau", "--data", str(data), "--system", "api", "--model", MODEL_ID, "--out", str(out)]
     with serve(RecordingModel(), max_audio_seconds=0.25) as url:
         result = CliRunner().invoke(cli.app, [*args, "--base-url", f"{url}/v1"])
-    assert result.exit_code == 0, result.output
-    scores = json.loads((out / "mmau.scores.json").read_text())
-    assert scores["failed_requests"] == 3 and scores["missing_outputs"] == 3
-    manifest = json.loads((out / "mmau.manifest.json").read_text())
+    assert result.exit_code == 1 and "3 of 3 items failed" in result.output  # refused: listed, run exits non-zero
+    scores = json.loads((out / "mmau.test-mini.scores.json").read_text())
+    assert scores["missing_predictions"] == 3 and scores["missing_outputs"] == 3
+    manifest = json.loads((out / "mmau.test-mini.manifest.json").read_text())
     assert manifest["system"] == {"kind": "openai-api", "base_url": f"{url}/v1", "model": MODEL_ID}
 
     with serve(RecordingModel()) as url:
         result = CliRunner().invoke(cli.app, [*args, "--base-url", f"{url}/v1"])
     assert result.exit_code == 0, result.output
-    scores = json.loads((out / "mmau.scores.json").read_text())
-    assert "failed_requests" not in scores and scores["missing_outputs"] == 0
+    scores = json.loads((out / "mmau.test-mini.scores.json").read_text())
+    assert scores["missing_predictions"] == 0 and scores["missing_outputs"] == 0
 
     missing_url = CliRunner().invoke(cli.app, args)
     assert missing_url.exit_code != 0 and "--system api needs --base-url" in missing_url.output

@@ -155,3 +155,23 @@ def test_speech_ifeval_without_judge_reports_rule_rates_only(tmp_path):
                                             ("**Result:** YES", None), ("", None)])
 def test_result_parser_is_the_official_lookbehind(text, expected):
     assert speech_ifeval.parse_result(text) == expected
+
+
+def test_speech_ifeval_kwargs_must_match_the_instructions(tmp_path):
+    row = {"audio_filepath": "a.wav", "textual_audio": "t", "instruction": "Answer in lowercase.", "dataset": "ASR",
+           "metric": "if", "id": 7, "label": "x", "instruction_id_list": ["change_case:english_lowercase"],
+           "kwargs": {}}
+    (tmp_path / "closed_ended_questions.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=r"closed_ended_questions.jsonl: record 1 \(id 7\): 1 instruction\(s\) "
+                                         r"but 0 kwargs"):
+        speech_ifeval.load(tmp_path)
+    scored = [{"id": "closed_ended_questions/7", "subset": "closed_ended_questions", "response": "all lowercase",
+               "instruction_id_list": ["change_case:english_lowercase"], "kwargs": []}]
+    with pytest.raises(ValueError, match="closed_ended_questions/7: 1 instruction"):
+        speech_ifeval.score(scored)
+
+
+def test_speech_ifeval_score_records_the_judge(tmp_path):
+    result = speech_ifeval.score(_sif_rows(tmp_path, {}), _sif_judge())
+    assert result["judge"] == "fake" and result["judge_params"] == speech_ifeval.JUDGE_PARAMS
+    assert result["judge_prompts"]["origin"] == "project wording"

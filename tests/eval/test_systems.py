@@ -93,3 +93,27 @@ def test_desta_systems_encode_a_clip_shared_by_several_items_once(monkeypatch, t
     run_inference(model, items[:2], tmp_path / "a.predictions.jsonl", generation={"max_new_tokens": 2}, batch_size=1)
     run_inference(model, items[2:], tmp_path / "b.predictions.jsonl", generation={"max_new_tokens": 2})
     assert encoded == [1]  # three items, one 30 s window encoded
+
+
+def test_a_desta_run_manifest_describes_the_model(monkeypatch, tmp_path):
+    import json
+
+    from desta_audio.eval import systems
+    from desta_audio.eval.runner import manifest_path
+    from desta_audio.modeling import DeSTAModel
+    from tests.tiny import tiny_model
+
+    monkeypatch.setattr(DeSTAModel, "from_pretrained", classmethod(lambda cls, reference, **_: tiny_model()))
+    model = systems.load_desta("desta-tiny")
+    item = EvalItem(id="0", conversation=audio_message("sys", "<|AUDIO|>\nq", [
+        AudioRef(array=np.zeros(1600, np.float32), sample_rate=16000)]))
+    out = run_inference(model, [item], tmp_path / "d.predictions.jsonl", generation={"max_new_tokens": 1})
+    described = json.loads(manifest_path(out).read_text())["system"]
+    config = model.config
+    assert described["kind"] == "desta" and described["model"] == "desta-tiny"
+    assert described["dtype"] == "float32" and described["asr"] == model.use_asr
+    assert described["encoder"]["id"] == config.encoder_model_id and described["llm"]["id"] == config.llm_model_id
+    assert described["adapter"]["taps"] == model.perception.tap_layers
+    assert described["adapter"]["qformer_layers"] == config.qformer_num_hidden_layers
+    assert described["adapter"]["prompt_size"] == config.prompt_size
+

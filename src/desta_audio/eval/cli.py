@@ -5,15 +5,49 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 
 app = typer.Typer(help="Evaluate on MMAU, Dynamic-SUPERB, SAKURA, Speech-IFEval and VoiceBench; rescore; report.",
                   no_args_is_help=True)
 logger = logging.getLogger(__name__)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _server_errors() -> tuple[type[Exception], ...]:
+    """A judge or served model that still fails after the client's retries."""
+    try:
+        from openai import APIError
+    except ImportError:
+        return ()
+    return (APIError,)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Errors caused by the user's data, files, settings or servers end in a one-line message, not a traceback."""
+    from desta_audio.eval.judge import JudgeCacheMiss
+
+    try:
+        yield
+    except JudgeCacheMiss as error:
+        _fail(str(error))
+    except _server_errors() as error:
+        _fail(f"{type(error).__name__}: {error} (finished predictions and verdicts are kept: run again to resume)")
+    except KeyError as error:
+        _fail(f"a record has no {error} field; --data must be the benchmark's own release format (see the README's "
+              "evaluation section)")
+    except (OSError, ValueError) as error:  # FileNotFoundError, ConnectionError, AudioError, RecordError...
+        _fail(str(error))
 
 
 class SystemKind(str, Enum):
@@ -32,8 +66,11 @@ def _judge(spec: Optional[str], cache: Optional[Path], base_url: Optional[str], 
         return None
     if spec == "openai":
         spec = f"openai:{default_model}"
-    return build_judge(spec, cache_path=cache or out_dir / "judge-cache.jsonl", base_url=base_url,
-                       api_key_env=key_env, model_name=default_model)
+    try:
+        return build_judge(spec, cache_path=cache or out_dir / "judge-cache.jsonl", base_url=base_url,
+                           api_key_env=key_env, model_name=default_model)
+    except RuntimeError as error:  # e.g. the API key variable is not set
+        raise ValueError(str(error)) from None
 
 
 def _system(kind: SystemKind, model: str, asr: str, base_url: Optional[str], concurrency: int):
@@ -60,49 +97,13 @@ def _system(kind: SystemKind, model: str, asr: str, base_url: Optional[str], con
 
 def _score_file(predictions: Path, judge: Any, options: dict[str, Any], benchmark: Optional[str] = None) -> dict:
     from desta_audio.eval.benchmarks import get_benchmark
-    from desta_audio.eval.records import read_jsonl
-    from desta_audio.eval.runner import manifest_path, write_manifest
+    from desta_audio.eval.scoring import score_predictions
 
-    manifest_file = manifest_path(predictions)
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
-    name = benchmark or manifest.get("benchmark")
-    if name is None:
-        raise typer.BadParameter(f"{predictions}: no manifest beside it; say which benchmark with --benchmark")
-    module = get_benchmark(name)
-    try:
-        rows = read_jsonl(predictions)
-    except (FileNotFoundError, ValueError) as error:
-        raise typer.BadParameter(str(error)) from None
-    kwargs = {k: v for k, v in options.items() if v is not None and k != "judge_prompts_file"}
-    if options.get("judge_prompts_file") is not None:
-        kwargs["judge_prompts"] = _judge_prompt_overrides(module, options["judge_prompts_file"])
-    result = module.score(rows, judge, **kwargs)
-    result.setdefault("benchmark", module.NAME)
-    failed = sum(1 for row in rows if row.get("error"))
-    if failed:
-        result["failed_requests"] = failed  # scored as missing outputs; `desta eval` again retries them
-    result["predictions"] = str(predictions)
-    result["data_version"] = manifest.get("data_version")
-    result["system"] = manifest.get("system")
-    out = predictions.with_name(predictions.name.replace(".predictions.jsonl", ".scores.json"))
-    out.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    if manifest_file.exists():
-        write_manifest(manifest_file, {"scoring": {"scorer_version": module.SCORER_VERSION,
-                                                   "judge": getattr(judge, "name", None),
-                                                   "options": options, "scores": str(out)}})
-    _print_summary(module, result)
+    result, warnings = score_predictions(predictions, judge, options, benchmark)
+    for warning in warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    _print_summary(get_benchmark(result["benchmark"]), result)
     return result
-
-
-def _judge_prompt_overrides(module: Any, path: Path) -> dict[str, Any]:
-    from desta_audio.eval.judge_prompts import load_overrides
-
-    if not hasattr(module, "JUDGE_PROMPTS"):
-        raise typer.BadParameter(f"{module.NAME} is not scored by a judge; --judge-prompts does not apply")
-    try:
-        return load_overrides(path, module.NAME, module.JUDGE_PROMPTS)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from None
 
 
 def _print_summary(module: Any, result: dict[str, Any]) -> None:
@@ -114,7 +115,7 @@ def _print_summary(module: Any, result: dict[str, Any]) -> None:
     table.add_column("value", justify="right")
     for key, value in module.headline(result).items():
         table.add_row(str(key), "-" if value is None else f"{value:.2f}")
-    for key in ("judge_parse_failures", "missing_outputs", "failed_requests", "fail_rate", "note"):
+    for key in ("judge_parse_failures", "missing_predictions", "missing_outputs", "fail_rate", "note"):
         if result.get(key) not in (None, ""):
             table.add_row(key, str(result[key]))
     Console().print(table)
@@ -123,52 +124,76 @@ def _print_summary(module: Any, result: dict[str, Any]) -> None:
 def _run(benchmark: str, data: Path, model: str, system_kind: SystemKind, out: Optional[Path], limit: Optional[int],
          batch_size: int, max_new_tokens: Optional[int], judge_spec: Optional[str], judge_cache: Optional[Path],
          judge_base_url: Optional[str], judge_key_env: str, score: bool, load_options: dict[str, Any],
-         score_options: dict[str, Any], asr: str, base_url: Optional[str], reference_backbone: bool = False) -> None:
+         score_options: dict[str, Any], asr: str, base_url: Optional[str], restart: bool,
+         reference_backbone: bool = False) -> None:
     from desta_audio.eval.benchmarks import get_benchmark
-    from desta_audio.eval.runner import predictions_path, run_inference
-    from desta_audio.eval.systems import TextBackbone, describe_system
+    from desta_audio.eval.runner import check_resume, predictions_path, run_inference
+    from desta_audio.eval.scoring import choose_judge_prompts
+    from desta_audio.eval.systems import TextBackbone
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     module = get_benchmark(benchmark)
-    try:
+    with _user_errors():
         items, info = module.load(data, limit=limit, **{k: v for k, v in load_options.items() if v is not None})
-    except KeyError as error:
-        raise typer.BadParameter(f"{data}: a record has no {error} field; --data must be {benchmark}'s own release "
-                                 "format (see the README's evaluation section)") from None
-    except (FileNotFoundError, ValueError) as error:
-        raise typer.BadParameter(str(error)) from None
-    if not items:
-        raise typer.BadParameter(f"{data}: no items loaded for {benchmark}")
-    out_dir = out or Path("runs") / "eval" / Path(model).name
-    subset = info.get("subset")
-    generation = dict(module.GENERATION)
-    if max_new_tokens is not None:
-        generation["max_new_tokens"] = max_new_tokens
-    system = _system(system_kind, model, asr, base_url, batch_size)
-    manifest = {"benchmark": module.NAME, "data": str(data), "scorer_version": module.SCORER_VERSION,
-                "system_prompt": getattr(module, "SYSTEM_PROMPT", None), "model": model,
-                "system_kind": system_kind.value, "limit": limit, **info}
-    predictions = run_inference(system, items, predictions_path(out_dir, module.NAME, subset), batch_size=batch_size,
-                                generation=generation, manifest=manifest)
-    reference_predictions = None
-    if reference_backbone:
-        backbone = TextBackbone.from_desta(system) if system_kind is SystemKind.desta else system
-        reference_generation = dict(getattr(module, "REFERENCE_GENERATION", generation))
-        reference_predictions = run_inference(
-            backbone, items, predictions_path(out_dir, module.NAME, "reference"), batch_size=batch_size,
-            generation=reference_generation,
-            manifest={**manifest, "system_prompt": getattr(module, "REFERENCE_SYSTEM_PROMPT", None),
-                      "role": "text-only backbone reference", "system_detail": describe_system(backbone)})
-    if not score:
-        typer.echo(f"predictions: {predictions}")
-        return
-    judge = _judge(judge_spec, judge_cache, judge_base_url, judge_key_env,
-                   getattr(module, "JUDGE_MODEL", "gpt-4o-2024-11-20"), out_dir)
-    if reference_predictions is not None:
-        reference = _score_file(reference_predictions, judge, {k: v for k, v in score_options.items()
-                                                               if k != "reference_ifrate"})
-        score_options = {**score_options, "reference_ifrate": reference.get("ifrate")}
-    _score_file(predictions, judge, score_options)
+        if not items:
+            raise ValueError(f"{data}: no items loaded for {benchmark}")
+        out_dir = out or Path("runs") / "eval" / Path(model).name
+        judge = None
+        if score:  # a bad judge setting or prompt path fails before any model work
+            judge = _judge(judge_spec, judge_cache, judge_base_url, judge_key_env,
+                           getattr(module, "JUDGE_MODEL", "gpt-4o-2024-11-20"), out_dir)
+            if score_options.get("judge_prompts_file") is not None:
+                choose_judge_prompts(module, score_options["judge_prompts_file"], data)
+        generation = dict(module.GENERATION)
+        if max_new_tokens is not None:
+            generation["max_new_tokens"] = max_new_tokens
+        manifest = {"benchmark": module.NAME, "data": str(data.resolve()), "scorer_version": module.SCORER_VERSION,
+                    "system_prompt": getattr(module, "SYSTEM_PROMPT", None), "model": model,
+                    "system_kind": system_kind.value, "limit": limit, **info}
+        runs = [(predictions_path(out_dir, module.NAME, info.get("run_name") or info.get("subset")), manifest)]
+        if reference_backbone:
+            runs.append((predictions_path(out_dir, module.NAME, "reference"),
+                         {**manifest, "system_prompt": getattr(module, "REFERENCE_SYSTEM_PROMPT", None),
+                          "role": "text-only backbone reference"}))
+        for predictions, run_manifest in runs:
+            check_resume(predictions, run_manifest, restart)  # before the model loads
+        system = _system(system_kind, model, asr, base_url, batch_size)
+        run_inference(system, items, runs[0][0], batch_size=batch_size, generation=generation, manifest=manifest)
+        if reference_backbone:
+            backbone = TextBackbone.from_desta(system) if system_kind is SystemKind.desta else system
+            run_inference(backbone, items, runs[1][0], batch_size=batch_size,
+                          generation=dict(getattr(module, "REFERENCE_GENERATION", generation)), manifest=runs[1][1])
+        if not score:
+            typer.echo(f"predictions: {runs[0][0]}")
+        else:
+            if reference_backbone:
+                reference = _score_file(runs[1][0], judge, {**score_options, "reference_ifrate": None})
+                score_options = {**score_options, "reference_ifrate": reference.get("ifrate")}
+            _score_file(runs[0][0], judge, score_options)
+    _report_failures([predictions for predictions, _ in runs])
+
+
+def _report_failures(predictions_files: list[Path]) -> None:
+    """Name the items that got no prediction, and exit non-zero when there are any."""
+    from desta_audio.eval.records import iter_jsonl_tolerant
+    from desta_audio.eval.runner import errors_path, manifest_path
+
+    failed = 0
+    for predictions in predictions_files:
+        errors = list(iter_jsonl_tolerant(errors_path(predictions)))
+        if not errors:
+            continue
+        failed += len(errors)
+        total = json.loads(manifest_path(predictions).read_text(encoding="utf-8")).get("items_total", "?")
+        typer.echo(f"{len(errors)} of {total} items failed; listed in {errors_path(predictions)}:", err=True)
+        for row in errors[:5]:
+            typer.echo(f"  {row['id']}: {row['error']}", err=True)
+        if len(errors) > 5:
+            typer.echo(f"  ... and {len(errors) - 5} more", err=True)
+    if failed:
+        typer.echo("They have no prediction (scored as missing outputs): fix them, then run the same command again "
+                   "to generate only them.", err=True)
+        raise typer.Exit(1)
 
 
 # Shared options (typer needs them spelled out per command).
@@ -186,8 +211,11 @@ JUDGE = typer.Option(None, "--judge", help="none | fake | openai[:MODEL] | hf:PA
 JUDGE_CACHE = typer.Option(None, "--judge-cache", help="JSONL verdict cache (default <out>/judge-cache.jsonl)")
 JUDGE_URL = typer.Option(None, "--judge-base-url", help="OpenAI-compatible endpoint (vLLM, llama.cpp server...)")
 JUDGE_KEY = typer.Option("OPENAI_API_KEY", "--judge-key-env", help="environment variable holding the API key")
-JUDGE_PROMPTS = typer.Option(None, "--judge-prompts", help="JSON file replacing judge prompts (e.g. with the "
-                                                           "benchmark's own text); see `desta eval judge-prompts`")
+JUDGE_PROMPTS = typer.Option(None, "--judge-prompts",
+                             help="the benchmark's official judge code (its file or checkout folder; default: looked "
+                                  "for in and above --data), or a JSON file of replacements (see `desta eval "
+                                  "judge-prompts`)")
+RESTART = typer.Option(False, "--restart", help="move the predictions already in --out aside and start over")
 SCORE = typer.Option(True, "--score/--no-score", help="score right after inference")
 ASR = typer.Option("whisper-base", "--asr", help="cascade only: Whisper model for transcription")
 API_KEY_ENV = "DESTA_API_KEY"
@@ -205,11 +233,12 @@ def mmau_command(data: Path = DATA, model: str = MODEL, system: SystemKind = SYS
                  asr: str = ASR, base_url: Optional[str] = BASE_URL,
                  version: Optional[str] = typer.Option(None, help="original | v05.15.25 (default: detected)"),
                  audio_dir: Optional[Path] = typer.Option(None, help="audio folder (default: beside the JSON)"),
-                 raw: bool = typer.Option(False, "--raw", help="score the raw response, prefix included")):
+                 raw: bool = typer.Option(False, "--raw", help="score the raw response, prefix included"),
+                 restart: bool = RESTART):
     """MMAU test-mini/test: official string match on the answer with the DeSTA prefix removed."""
     _run("mmau", data, model, system, out, limit, batch_size, max_new_tokens, judge, judge_cache, judge_base_url,
          judge_key_env, score, {"version": version, "audio_dir": audio_dir}, {"strip_prefix": not raw}, asr,
-         base_url)
+         base_url, restart)
 
 
 @app.command("dynamic-superb")
@@ -220,11 +249,12 @@ def dynamic_superb_command(data: Path = DATA, model: str = MODEL, system: System
                            judge_key_env: str = JUDGE_KEY, score: bool = SCORE, asr: str = ASR,
                            base_url: Optional[str] = BASE_URL,
                            judge_prompts: Optional[Path] = JUDGE_PROMPTS,
-                           matcher: str = typer.Option("consecutive", help="consecutive | judge")):
+                           matcher: str = typer.Option("consecutive", help="consecutive | judge"),
+                           restart: bool = RESTART):
     """Dynamic-SUPERB Phase-1: accuracy per instance, per dimension and overall."""
     _run("dynamic_superb", data, model, system, out, limit, batch_size, max_new_tokens, judge, judge_cache,
          judge_base_url, judge_key_env, score, {}, {"matcher": matcher, "judge_prompts_file": judge_prompts}, asr,
-         base_url)
+         base_url, restart)
 
 
 @app.command("sakura")
@@ -232,10 +262,11 @@ def sakura_command(data: Path = DATA, model: str = MODEL, system: SystemKind = S
                    limit: Optional[int] = LIMIT, batch_size: int = BATCH, max_new_tokens: Optional[int] = TOKENS,
                    judge: Optional[str] = JUDGE, judge_cache: Optional[Path] = JUDGE_CACHE,
                    judge_base_url: Optional[str] = JUDGE_URL, judge_key_env: str = JUDGE_KEY, score: bool = SCORE,
-                   asr: str = ASR, base_url: Optional[str] = BASE_URL, judge_prompts: Optional[Path] = JUDGE_PROMPTS):
+                   asr: str = ASR, base_url: Optional[str] = BASE_URL, judge_prompts: Optional[Path] = JUDGE_PROMPTS,
+                   restart: bool = RESTART):
     """SAKURA: single- vs multi-hop accuracy per track (LLM judge)."""
     _run("sakura", data, model, system, out, limit, batch_size, max_new_tokens, judge, judge_cache, judge_base_url,
-         judge_key_env, score, {}, {"judge_prompts_file": judge_prompts}, asr, base_url)
+         judge_key_env, score, {}, {"judge_prompts_file": judge_prompts}, asr, base_url, restart)
 
 
 @app.command("speech-ifeval")
@@ -250,7 +281,8 @@ def speech_ifeval_command(data: Path = DATA, model: str = MODEL, system: SystemK
                               help="also run the text-only backbone on textual_audio for the forgetting delta"),
                           reference_ifrate: Optional[float] = typer.Option(None, help="known reference IFrate"),
                           judge_prompts: Optional[Path] = JUDGE_PROMPTS,
-                          audio_dir: Optional[Path] = typer.Option(None, help="base folder of audio_filepath")):
+                          audio_dir: Optional[Path] = typer.Option(None, help="base folder of audio_filepath"),
+                          restart: bool = RESTART):
     """Speech-IFEval: IFrate (closed-ended, creative writing, chain-of-thought) and forgetting delta."""
     if reference_backbone and reference_ifrate is None and system is not SystemKind.desta:
         typer.echo(f"note: the text-only reference runs only for --system desta; with --system {system.value}, pass "
@@ -258,7 +290,7 @@ def speech_ifeval_command(data: Path = DATA, model: str = MODEL, system: SystemK
     _run("speech_ifeval", data, model, system, out, limit, batch_size, max_new_tokens, judge, judge_cache,
          judge_base_url, judge_key_env, score, {"audio_dir": audio_dir}, {"reference_ifrate": reference_ifrate,
                                                                 "judge_prompts_file": judge_prompts},
-         asr, base_url,
+         asr, base_url, restart,
          reference_backbone=reference_backbone and reference_ifrate is None and system is SystemKind.desta)
 
 
@@ -272,11 +304,11 @@ def voicebench_command(data: Path = DATA, model: str = MODEL, system: SystemKind
                        subset: Optional[str] = typer.Option(None, help="default: the data folder's name"),
                        split: Optional[str] = typer.Option(None, help="sd-qa accent (default usa), '*' for all"),
                        seed: int = typer.Option(0, help="seed of the random-answer fallback"),
-                       judge_prompts: Optional[Path] = JUDGE_PROMPTS):
+                       judge_prompts: Optional[Path] = JUDGE_PROMPTS, restart: bool = RESTART):
     """VoiceBench: one subset per call; `desta eval report` averages the subsets into the overall score."""
     _run("voicebench", data, model, system, out, limit, batch_size, max_new_tokens, judge, judge_cache,
          judge_base_url, judge_key_env, score, {"subset": subset, "split": split},
-         {"seed": seed, "judge_prompts_file": judge_prompts}, asr, base_url)
+         {"seed": seed, "judge_prompts_file": judge_prompts}, asr, base_url, restart)
 
 
 @app.command("score")
@@ -296,15 +328,18 @@ def score_command(predictions: Path = typer.Argument(..., help="a *.predictions.
     from desta_audio.eval.benchmarks import get_benchmark
     from desta_audio.eval.runner import manifest_path
 
-    manifest_file = manifest_path(predictions)
-    name = benchmark or (json.loads(manifest_file.read_text()).get("benchmark") if manifest_file.exists() else None)
-    if name is None:
-        raise typer.BadParameter(f"{predictions}: no manifest beside it; pass --benchmark")
-    judge_obj = _judge(judge, judge_cache, judge_base_url, judge_key_env,
-                       getattr(get_benchmark(name), "JUDGE_MODEL", "gpt-4o-2024-11-20"), predictions.parent)
-    options = {"strip_prefix": not raw, "missing": missing, "matcher": matcher, "reference_ifrate": reference_ifrate,
-               "paragraph_split": paragraph_split, "seed": seed, "judge_prompts_file": judge_prompts}
-    _score_file(predictions, judge_obj, options, benchmark=name)
+    with _user_errors():
+        manifest_file = manifest_path(predictions)
+        name = benchmark or (json.loads(manifest_file.read_text()).get("benchmark") if manifest_file.exists()
+                             else None)
+        if name is None:
+            raise ValueError(f"{predictions}: no manifest beside it; pass --benchmark")
+        judge_obj = _judge(judge, judge_cache, judge_base_url, judge_key_env,
+                           getattr(get_benchmark(name), "JUDGE_MODEL", "gpt-4o-2024-11-20"), predictions.parent)
+        options = {"strip_prefix": not raw, "missing": missing, "matcher": matcher,
+                   "reference_ifrate": reference_ifrate, "paragraph_split": paragraph_split, "seed": seed,
+                   "judge_prompts_file": judge_prompts}
+        _score_file(predictions, judge_obj, options, benchmark=name)
 
 
 @app.command("judge-prompts")
@@ -314,7 +349,8 @@ def judge_prompts_command(benchmark: Optional[str] = typer.Argument(None, help="
     from desta_audio.eval.judge_prompts import defaults_json
 
     names = [benchmark] if benchmark else list(BENCHMARKS)
-    modules = [get_benchmark(name) for name in names]
+    with _user_errors():
+        modules = [get_benchmark(name) for name in names]
     typer.echo(defaults_json({m.NAME: m.JUDGE_PROMPTS for m in modules if hasattr(m, "JUDGE_PROMPTS")}))
 
 
@@ -324,10 +360,8 @@ def report_command(run_dir: Path = typer.Argument(..., help="run folder with *.s
     """Markdown + JSON tables beside the published numbers, and a PNG chart."""
     from desta_audio.eval.report import write_report
 
-    try:
+    with _user_errors():
         written = write_report(run_dir, label)
-    except (FileNotFoundError, ValueError) as error:
-        raise typer.BadParameter(str(error)) from None
     for kind, path in written.items():
         typer.echo(f"{kind}: {path}")
 
@@ -340,7 +374,9 @@ def retention_command(model: str = MODEL, n: int = typer.Option(50, help="number
     from desta_audio.eval.retention import retention_check
     from desta_audio.eval.systems import load_desta
 
-    result = retention_check(load_desta(model), n=n, seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    with _user_errors():
+        system = load_desta(model)
+    result = retention_check(system, n=n, seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens)
     summary = json.dumps(result.as_dict(), indent=2)
     typer.echo(summary)
     if out is not None:

@@ -186,9 +186,10 @@ class CachedJudge:
             self.hits += 1
             return self._entries[key]
         if self.inner is None:
+            asked = " ".join(str(messages[-1].get("content", "")).split())[:60] if messages else ""
             raise JudgeCacheMiss(
-                f"{self.path}: no cached verdict of {self.name!r} for this request; run the scoring once with a "
-                "live judge (--judge openai:MODEL or hf:PATH) to fill the cache"
+                f"{self.path}: no cached verdict of {self.name!r} for the request {asked!r}...; run the scoring once "
+                "with a live judge (--judge openai:MODEL or hf:PATH, same prompts) to fill the cache"
             )
         self.misses += 1
         reply = self.inner.judge(messages, **params)

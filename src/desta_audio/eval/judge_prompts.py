@@ -1,8 +1,9 @@
-"""Judge prompts: each benchmark's defaults, and replacements a user supplies (`--judge-prompts FILE`).
+"""Judge prompts: each benchmark's defaults, and replacements (`--judge-prompts PATH`).
 
 The defaults are this project's wording of each benchmark's judging protocol (same task, same fields, same output
-format the verdict parser expects). Judge verdicts depend on wording, so anyone who needs the benchmark's own
-prompt text puts it in a JSON file of this shape (print the defaults with `desta eval judge-prompts`):
+format the verdict parser expects). Judge verdicts depend on wording, so the official prompt text is used whenever
+the user's checkout of the benchmark's code is at hand (`official_prompts`: read from that file at run time, never
+copied here). A JSON file of this shape also replaces prompts (print the defaults with `desta eval judge-prompts`):
 
     {"voicebench": {"open": {"system": "...", "user": "... {prompt} ... {response} ..."}}}
 
@@ -41,15 +42,40 @@ class JudgePrompt:
         return [*system, {"role": "user", "content": user}]
 
 
-def resolve(defaults: dict[str, JudgePrompt], overrides: dict[str, JudgePrompt] | None) -> dict[str, JudgePrompt]:
-    return {**defaults, **(overrides or {})}
+PROJECT_WORDING = "project wording"
 
 
-def describe(prompts: dict[str, JudgePrompt], defaults: dict[str, JudgePrompt]) -> dict[str, Any]:
-    """What a score file records: a digest per prompt, and which ones a user replaced."""
-    return {"sha256": {name: hashlib.sha256(json.dumps(asdict(p), sort_keys=True).encode()).hexdigest()[:16]
-                       for name, p in sorted(prompts.items())},
-            "replaced": sorted(name for name, p in prompts.items() if p != defaults.get(name))}
+@dataclass(frozen=True)
+class PromptSource:
+    """Replacement prompts and the file they came from: "official" (the benchmark's own code) or "user file"."""
+
+    prompts: dict[str, JudgePrompt]
+    origin: str
+    path: str
+    sha256: str  # of the whole file, so a report says exactly which text judged
+
+
+def resolve(defaults: dict[str, JudgePrompt],
+            overrides: PromptSource | dict[str, JudgePrompt] | None) -> dict[str, JudgePrompt]:
+    replacements = overrides.prompts if isinstance(overrides, PromptSource) else overrides
+    return {**defaults, **(replacements or {})}
+
+
+def describe(prompts: dict[str, JudgePrompt], defaults: dict[str, JudgePrompt],
+             source: PromptSource | dict[str, JudgePrompt] | None = None) -> dict[str, Any]:
+    """What a score file records: where the prompts come from, a digest per prompt, and which ones were replaced."""
+    replaced = sorted(name for name, p in prompts.items() if p != defaults.get(name))
+    record: dict[str, Any] = {"origin": PROJECT_WORDING if not replaced else "user file"}
+    if isinstance(source, PromptSource):
+        record.update(origin=source.origin, path=source.path, file_sha256=source.sha256)
+    record["sha256"] = {name: hashlib.sha256(json.dumps(asdict(p), sort_keys=True).encode()).hexdigest()[:16]
+                        for name, p in sorted(prompts.items())}
+    record["replaced"] = replaced
+    return record
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_overrides(path: str | Path, benchmark: str, defaults: dict[str, JudgePrompt]) -> dict[str, JudgePrompt]:
@@ -74,12 +100,19 @@ def load_overrides(path: str | Path, benchmark: str, defaults: dict[str, JudgePr
         if not all(isinstance(value, str) for value in entry.values()):
             raise ValueError(f"{where}: 'system' and 'user' must be strings")
         prompt = replace(defaults[name], **entry)
-        if prompt.fields != defaults[name].fields:
-            raise ValueError(f"{where}: the user template must use exactly the placeholders "
-                             f"{sorted('{' + f + '}' for f in defaults[name].fields)}, "
-                             f"found {sorted('{' + f + '}' for f in prompt.fields)}")
+        check_placeholders(prompt, defaults[name], f"{where}: the user template")
         out[name] = prompt
     return out
+
+
+def check_placeholders(prompt: JudgePrompt, default: JudgePrompt, what: str) -> None:
+    if prompt.fields != default.fields:
+        raise ValueError(f"{what} must use exactly the placeholders {_braced(default.fields)}, "
+                         f"found {_braced(prompt.fields)}")
+
+
+def _braced(fields: set[str]) -> list[str]:
+    return sorted("{" + field + "}" for field in fields)
 
 
 def defaults_json(benchmarks: dict[str, dict[str, JudgePrompt]]) -> str:

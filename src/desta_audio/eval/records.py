@@ -32,8 +32,14 @@ class AudioRef:
         if self.data is not None:
             import soundfile as sf
 
-            samples, rate = sf.read(io.BytesIO(self.data), dtype="float32", always_2d=False)
-            return load_audio(samples, sample_rate=rate)
+            from desta_audio.audio import AudioError
+
+            try:
+                samples, rate = sf.read(io.BytesIO(self.data), dtype="float32", always_2d=False)
+            except Exception as error:  # libsndfile's own error types: report it as the item's unusable audio
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise AudioError(f"{self.describe()}: cannot decode the audio bytes ({reason})") from None
+            return load_audio(samples, sample_rate=rate, name=self.describe())
         if self.path is not None:
             return self.path
         raise ValueError("AudioRef has neither a path, bytes nor an array")

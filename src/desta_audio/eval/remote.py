@@ -6,7 +6,8 @@ served by vLLM (Qwen2-Audio, Ultravox...). Same `chat(conversations, **generatio
 - A batch's requests go out concurrently, so the server's dynamic batching sees them together.
 - Connection failures, timeouts, 429 and 5xx are retried by the client, then stop the run (resume picks up where it
   stopped). A request the server refuses for what it is (another 4xx: audio over its limit, a prompt too long)
-  becomes a prediction row with `error` and no response: scored as missing, retried on the next resume.
+  comes back as a reply with `error`: the runner lists the item in the errors file, not as a prediction, so it is
+  scored as missing and sent again on the next run.
 """
 
 from __future__ import annotations

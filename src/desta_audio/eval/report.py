@@ -59,10 +59,13 @@ def markdown(summary: dict[str, dict[str, float | None]], label: str,
         lines += [f"| {metric} | {_fmt(value)} |" for metric, value in metrics.items()]
         notes = []
         for result in scores[name]:
-            for key in ("scored_text", "matcher", "judge", "judge_parse_failures", "missing_outputs", "fail_rate",
-                        "note", "paragraph_split"):
+            for key in ("scored_text", "matcher", "judge", "judge_parse_failures", "missing_predictions",
+                        "missing_outputs", "fail_rate", "note", "paragraph_split"):
                 if result.get(key) not in (None, ""):
                     notes.append(f"{key}: {result[key]}")
+            prompts = result.get("judge_prompts")
+            if isinstance(prompts, dict) and prompts.get("origin"):
+                notes.append(f"judge prompts: {prompts['origin']}")
         if notes:
             lines += ["", "Scoring: " + "; ".join(dict.fromkeys(notes))]
         published = getattr(module, "PUBLISHED", {})

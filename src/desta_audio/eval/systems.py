@@ -44,13 +44,28 @@ def load_desta(reference: str, **overrides: Any):
 
 
 def describe_system(system: Any) -> dict[str, Any]:
+    """What a manifest records about the system that answered: enough to tell two runs' systems apart."""
     if hasattr(system, "describe"):
         return system.describe()
-    config = getattr(system, "config", None)
-    llm = getattr(system, "llm_model", None)
-    return {"kind": type(system).__name__, "reference": getattr(system, "eval_reference", None),
-            "config": config.to_dict() if hasattr(config, "to_dict") else None,
-            "dtype": dtype_name(llm.dtype) if llm is not None else None}
+    if hasattr(getattr(system, "config", None), "llm_model_id"):
+        return describe_desta(system)
+    return {"kind": type(system).__name__}
+
+
+def describe_desta(model: Any) -> dict[str, Any]:
+    config = model.config
+    whisper, llm = model.perception.whisper, model.llm
+    adapter = {"connector": config.connector_mode, "qformer_layers": config.qformer_num_hidden_layers,
+               "qformer_intermediate_size": config.qformer_intermediate_size, "prompt_size": config.prompt_size,
+               "taps": list(model.perception.tap_layers), "lora": config.use_lora}
+    if config.use_lora:
+        adapter["lora_rank"] = config.lora_rank
+    return {"kind": "desta", "model": getattr(model, "eval_reference", None),
+            "encoder": {"id": config.encoder_model_id, "path": getattr(whisper.config, "_name_or_path", None),
+                        "layers": whisper.config.encoder_layers, "dtype": dtype_name(model.encoder_dtype)},
+            "llm": {"id": config.llm_model_id, "path": getattr(llm.config, "_name_or_path", None)},
+            "adapter": adapter, "dtype": dtype_name(llm.dtype), "device": str(model.device), "asr": model.use_asr,
+            "system_prompt": config.system_prompt}
 
 
 class TextBackbone:

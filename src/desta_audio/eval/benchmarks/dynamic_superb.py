@@ -16,8 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from desta_audio.eval.benchmarks._common import percent, response_of
-from desta_audio.eval.judge_prompts import JudgePrompt, resolve
+from desta_audio.eval.benchmarks._common import judge_record, percent, reading_record, response_of
+from desta_audio.eval.judge_prompts import JudgePrompt, PromptSource, resolve
 from desta_audio.eval.judge_prompts import describe as describe_prompts
 from desta_audio.eval.loading import is_hf_disk_folder, load_rows, to_audio_ref
 from desta_audio.eval.records import AUDIO_TAG, EvalItem, audio_message
@@ -92,15 +92,17 @@ def load(path: str | Path, *, limit: int | None = None, split: str = "test",
         counts[instance] = len(rows)
         base = location.parent if location.is_file() else location
         for index, row in enumerate(rows):
-            audios = [to_audio_ref(row[key], base) for key in ("audio", "audio2") if row.get(key) is not None]
-            instruction = row["instruction"]
+            with reading_record(location, index + 1, row):
+                audios = [to_audio_ref(row[key], base) for key in ("audio", "audio2") if row.get(key) is not None]
+                instruction = str(row["instruction"])
+                label = str(row["label"])
             if row.get("text") and str(row["text"]) not in instruction:
                 instruction = f"{instruction}\n{row['text']}"
             user = " ".join([AUDIO_TAG] * len(audios)) + f" {instruction}"
             items.append(EvalItem(
                 id=f"{instance}/{row.get('file') or index}",
                 conversation=audio_message(SYSTEM_PROMPT, user, audios),
-                reference={"instance": instance, "dimension": dimension_of(instance), "label": str(row["label"]),
+                reference={"instance": instance, "dimension": dimension_of(instance), "label": label,
                            "instruction": row["instruction"]},
             ))
     return items, {"data_version": "Dynamic-SUPERB Phase-1", "instances": counts, "items": len(items)}
@@ -112,7 +114,7 @@ def judge_messages(instruction: str, label: str, response: str,
 
 
 def score(rows: list[dict[str, Any]], judge: Any = None, *, matcher: str = "consecutive",
-          judge_prompts: dict[str, JudgePrompt] | None = None, **_: Any) -> dict[str, Any]:
+          judge_prompts: PromptSource | dict[str, JudgePrompt] | None = None, **_: Any) -> dict[str, Any]:
     if matcher not in ("consecutive", "judge"):
         raise ValueError(f"matcher must be 'consecutive' or 'judge', got {matcher!r}")
     if matcher == "judge" and judge is None:
@@ -141,16 +143,16 @@ def score(rows: list[dict[str, Any]], judge: Any = None, *, matcher: str = "cons
     dimensions = {d: sum(v) / len(v) for d, v in by_dimension.items()}
     all_acc = list(instance_acc.values())
     speech_acc = [a for n, a in instance_acc.items() if dimension_of_instance[n] != "Audio"]
+    judged = judge_record(judge, JUDGE_PARAMS, describe_prompts(prompts, JUDGE_PROMPTS, judge_prompts), failures) \
+        if matcher == "judge" else {"judge": None}
     return {
-        "benchmark": NAME, "scorer_version": SCORER_VERSION, "matcher": matcher,
-        "judge": getattr(judge, "name", None) if matcher == "judge" else None,
-        "judge_prompts": describe_prompts(prompts, JUDGE_PROMPTS) if matcher == "judge" else None,
+        "benchmark": NAME, "scorer_version": SCORER_VERSION, "matcher": matcher, **judged,
         "instances": instance_acc,
         "dimensions": {d: dimensions[d] for d in DIMENSIONS if d in dimensions} | (
             {"Other": dimensions["Other"]} if "Other" in dimensions else {}),
         "overall": sum(all_acc) / len(all_acc) if all_acc else None,
         "overall_without_audio": sum(speech_acc) / len(speech_acc) if speech_acc else None,
-        "judge_parse_failures": failures, "per_item": per_item,
+        "per_item": per_item,
     }
 
 

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from desta_audio.eval.benchmarks._common import grouped_accuracy, percent, response_of
+from desta_audio.eval.benchmarks._common import grouped_accuracy, need, percent, reading_record, response_of
 from desta_audio.eval.loading import load_rows, to_audio_ref
 from desta_audio.eval.records import AUDIO_TAG, EvalItem, audio_message
 
@@ -47,6 +47,21 @@ def detect_version(rows: list[dict[str, Any]]) -> str:
     return "v05.15.25" if rows and all("id" in row for row in rows) else "original"
 
 
+def data_split(path: Path, rows: list[dict[str, Any]]) -> str:
+    """test-mini or test: the records' own `split`, else the file name (mmau-test-mini.json -> test-mini)."""
+    splits = {str(row["split"]) for row in rows if row.get("split")}
+    if len(splits) == 1:
+        return splits.pop()
+    return path.stem.removeprefix("mmau-") if path.is_file() else path.name
+
+
+def _options(row: dict[str, Any]) -> list[str]:
+    choices = need(row, "choices", list, "a list of options")
+    if not choices or not all(isinstance(choice, str) for choice in choices):
+        raise TypeError("'choices' must be a non-empty list of strings")
+    return choices
+
+
 def load(path: str | Path, *, audio_dir: str | Path | None = None, version: str | None = None,
          limit: int | None = None, **_: Any) -> tuple[list[EvalItem], dict[str, Any]]:
     path = Path(path)
@@ -57,20 +72,26 @@ def load(path: str | Path, *, audio_dir: str | Path | None = None, version: str 
     base = Path(audio_dir) if audio_dir else (path.parent if path.is_file() else path)
     items = []
     for index, row in enumerate(rows[:limit] if limit else rows):
-        choices = list(row["choices"])
-        audio = to_audio_ref(row.get("audio") or row["audio_id"], base)
-        user = f"{AUDIO_TAG}\n\n{format_question(row['question'], choices)}"
+        with reading_record(path, index + 1, row):
+            choices = _options(row)
+            question = need(row, "question")
+            answer = need(row, "answer") if row.get("answer") is not None else None  # the test split hides it
+            audio = to_audio_ref(row.get("audio") or need(row, "audio_id"), base)
+        user = f"{AUDIO_TAG}\n\n{format_question(question, choices)}"
         items.append(EvalItem(
             id=str(row.get("id") or f"{index:05d}"),
             conversation=audio_message(SYSTEM_PROMPT, user, [audio]),
             reference={
-                "answer": row["answer"], "choices": choices, "question": row["question"],
+                "answer": answer, "choices": choices, "question": question,
                 "task": row.get("task"), "difficulty": row.get("difficulty"),
                 "sub-category": row.get("sub-category"), "category": row.get("category"),
                 "dataset": row.get("dataset"), "audio_id": row.get("audio_id"),
             },
         ))
-    info = {"data_version": version or detected, "detected_version": detected, "items": len(items)}
+    split = data_split(path, rows)
+    # The split names the predictions file, so test and test-mini runs never share one (their ids overlap).
+    info = {"data_version": version or detected, "detected_version": detected, "split": split, "run_name": split,
+            "items": len(items)}
     return items, info
 
 
@@ -101,6 +122,10 @@ def score(rows: list[dict[str, Any]], judge: Any = None, *, strip_prefix: bool =
     """Accuracy (%) in total and per task, difficulty and sub-category."""
     if missing not in ("wrong", "skip"):
         raise ValueError(f"missing must be 'wrong' or 'skip', got {missing!r}")
+    unanswered = [str(row.get("id")) for row in rows if not isinstance(row.get("answer"), str)]
+    if unanswered:
+        raise ValueError(f"{len(unanswered)} item(s) have no answer to score against (e.g. {unanswered[0]}; the MMAU "
+                         "test split hides its answers: submit its predictions to the leaderboard instead)")
     graded = []
     n_missing = 0
     for row in rows:

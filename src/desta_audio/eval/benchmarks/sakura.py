@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from desta_audio.eval.benchmarks._common import percent, response_of
-from desta_audio.eval.judge_prompts import JudgePrompt, resolve
+from desta_audio.eval.benchmarks._common import judge_record, percent, reading_record, response_of
+from desta_audio.eval.judge_prompts import JudgePrompt, PromptSource, resolve
 from desta_audio.eval.judge_prompts import describe as describe_prompts
 from desta_audio.eval.loading import load_rows, to_audio_ref
 from desta_audio.eval.records import AUDIO_TAG, EvalItem, audio_message
@@ -81,17 +81,18 @@ def load(path: str | Path, *, limit: int | None = None, tracks: list[str] | None
         rows = rows[:limit] if limit else rows
         audio_dir = metadata.parent / "audio" if (metadata.parent / "audio").is_dir() else metadata.parent
         track_counts[track] = len(rows)
-        for row in rows:
-            name = str(row.get("file") or row.get("id"))
-            audio = to_audio_ref(row.get("audio") or name, audio_dir)
-            for hop in HOPS:
-                instruction = row[f"{hop}_instruction"]
-                items.append(EvalItem(
-                    id=f"{track}/{name}/{hop}",
-                    conversation=audio_message(SYSTEM_PROMPT, f"{AUDIO_TAG} {instruction}", [audio]),
-                    reference={"track": track, "hop": hop, "question": instruction, "answer": row[f"{hop}_answer"],
-                               "attribute_label": row.get("attribute_label")},
-                ))
+        for number, row in enumerate(rows, 1):
+            with reading_record(metadata, number, row):
+                name = str(row.get("file") or row.get("id"))
+                audio = to_audio_ref(row.get("audio") or name, audio_dir)
+                for hop in HOPS:
+                    instruction = row[f"{hop}_instruction"]
+                    items.append(EvalItem(
+                        id=f"{track}/{name}/{hop}",
+                        conversation=audio_message(SYSTEM_PROMPT, f"{AUDIO_TAG} {instruction}", [audio]),
+                        reference={"track": track, "hop": hop, "question": instruction,
+                                   "answer": row[f"{hop}_answer"], "attribute_label": row.get("attribute_label")},
+                    ))
     return items, {"data_version": "SAKURA", "tracks": track_counts, "items": len(items)}
 
 
@@ -109,8 +110,8 @@ def parse_verdict(text: str) -> str | None:
     return verdict if verdict in ("correct", "incorrect") else None
 
 
-def score(rows: list[dict[str, Any]], judge: Any = None, *, judge_prompts: dict[str, JudgePrompt] | None = None,
-          **_: Any) -> dict[str, Any]:
+def score(rows: list[dict[str, Any]], judge: Any = None, *,
+          judge_prompts: PromptSource | dict[str, JudgePrompt] | None = None, **_: Any) -> dict[str, Any]:
     if judge is None:
         raise ValueError("SAKURA is scored by an LLM judge only: pass --judge (openai:MODEL, hf:PATH, replay:MODEL)")
     from tqdm.auto import tqdm
@@ -133,9 +134,9 @@ def score(rows: list[dict[str, Any]], judge: Any = None, *, judge_prompts: dict[
     for hop in HOPS:
         scored = [table[t][hop] for t in table if table[t].get(hop) is not None]
         average[hop] = sum(scored) / len(scored) if scored else None
-    return {"benchmark": NAME, "scorer_version": SCORER_VERSION, "judge": getattr(judge, "name", "?"),
-            "judge_params": JUDGE_PARAMS, "judge_prompts": describe_prompts(prompts, JUDGE_PROMPTS), "tracks": table,
-            "average": average, "judge_parse_failures": failures, "items": len(rows), "per_item": verdicts}
+    return {"benchmark": NAME, "scorer_version": SCORER_VERSION, "tracks": table, "average": average,
+            **judge_record(judge, JUDGE_PARAMS, describe_prompts(prompts, JUDGE_PROMPTS, judge_prompts), failures),
+            "items": len(rows), "per_item": verdicts}
 
 
 def headline(result: dict[str, Any]) -> dict[str, float | None]:

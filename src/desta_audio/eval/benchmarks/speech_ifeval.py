@@ -21,9 +21,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from desta_audio.eval.benchmarks._common import percent, response_of
+from desta_audio.eval.benchmarks._common import judge_record, percent, reading_record, response_of, shown
 from desta_audio.eval.ifeval import SPEECH_IFEVAL, check_instruction, forgetting_delta
-from desta_audio.eval.judge_prompts import JudgePrompt, resolve
+from desta_audio.eval.judge_prompts import JudgePrompt, PromptSource, resolve
 from desta_audio.eval.judge_prompts import describe as describe_prompts
 from desta_audio.eval.loading import load_rows, to_audio_ref
 from desta_audio.eval.records import AUDIO_TAG, EvalItem, audio_message, text_message
@@ -45,7 +45,7 @@ REFERENCE_SYSTEM_PROMPT = "Follow the given instructions."
 GENERATION = {"max_new_tokens": 2048, "do_sample": False}
 REFERENCE_GENERATION = {"max_new_tokens": 2048, "do_sample": False}
 JUDGE_MODEL = "gpt-4o-2024-11-20"
-JUDGE_PARAMS: dict[str, Any] = {}  # the official script sends the endpoint defaults
+JUDGE_PARAMS: dict[str, Any] = {}  # the official script sends the endpoint's defaults (no temperature either)
 BACKBONE_REFERENCE = {"Llama-3.1-8B-Instruct (text)": 93.52}
 PUBLISHED = {  # IFrate
     "DeSTA2.5-Audio": {"ifrate": 93.89},
@@ -113,19 +113,39 @@ def load(path: str | Path, *, subsets: list[str] | None = None, audio_dir: str |
         rows = load_rows(file)
         rows = rows[:limit] if limit else rows
         counts[subset] = len(rows)
-        for row in rows:
-            audio = _resolve_audio(row["audio_filepath"], file.parent, Path(audio_dir) if audio_dir else None)
-            instruction = row["instruction"]
+        for number, row in enumerate(rows, 1):
+            with reading_record(file, number, row):
+                audio = _resolve_audio(row["audio_filepath"], file.parent, Path(audio_dir) if audio_dir else None)
+                instruction = row["instruction"]
+                instruction_ids, kwargs = instructions_of(row)
             items.append(EvalItem(
                 id=f"{subset}/{row['id']}",
                 conversation=audio_message(SYSTEM_PROMPT, f"{AUDIO_TAG}\n\n{instruction}", [audio]),
                 text_conversation=text_message(
                     REFERENCE_SYSTEM_PROMPT, f"Speech Input: {row['textual_audio']}\n\n{instruction}"),
                 reference={"subset": subset, "instruction": instruction, "dataset": row.get("dataset"),
-                           "metric": row.get("metric"), "instruction_id_list": row.get("instruction_id_list") or [],
-                           "kwargs": row.get("kwargs") or [], "label": row.get("label")},
+                           "metric": row.get("metric"), "instruction_id_list": instruction_ids, "kwargs": kwargs,
+                           "label": row.get("label")},
             ))
     return items, {"data_version": "Speech-IFEval", "subsets": counts, "items": len(items)}
+
+
+def instructions_of(row: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The record's instruction ids and their kwargs, one dict (or null) per instruction: a mismatch would drop an
+    instruction from the check without a word, so it is an error."""
+    ids = row.get("instruction_id_list")
+    ids = [] if ids is None else ids
+    kwargs = row.get("kwargs")
+    if not ids and not kwargs:
+        return [], []
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise TypeError(f"'instruction_id_list' must be a list of instruction ids, got {shown(ids)}")
+    if not isinstance(kwargs, list) or len(kwargs) != len(ids) or \
+            not all(k is None or isinstance(k, dict) for k in kwargs):
+        count = len(kwargs) if isinstance(kwargs, list) else 0
+        raise ValueError(f"{len(ids)} instruction(s) but {count} kwargs: 'kwargs' must be a list with one object "
+                         f"(or null) per instruction, got {shown(kwargs)}")
+    return ids, [k or {} for k in kwargs]
 
 
 def parse_result(text: str | None) -> str | None:
@@ -142,12 +162,16 @@ def _rule_rate(rows: list[dict[str, Any]], paragraph_split: str) -> tuple[float 
     followed, per_item = 0, {}
     for row in rows:
         response = response_of(row) or ""
+        try:
+            instruction_ids, kwargs = instructions_of(row)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"prediction row {row['id']}: {error}") from None
         flags = [check_instruction(iid, response, kw, variant=SPEECH_IFEVAL, paragraph_split=paragraph_split)
-                 for iid, kw in zip(row["instruction_id_list"], row["kwargs"])]
+                 for iid, kw in zip(instruction_ids, kwargs)]
         ok = bool(flags) and all(flags)
         followed += ok
         per_item[str(row["id"])] = ok
-        for iid, flag in zip(row["instruction_id_list"], flags):
+        for iid, flag in zip(instruction_ids, flags):
             per_instruction[iid][0] += flag
             per_instruction[iid][1] += 1
     breakdown = {iid: percent(c, t) for iid, (c, t) in sorted(per_instruction.items())}
@@ -159,7 +183,7 @@ def _judge_yes(judge: Any, prompt: JudgePrompt, **values: Any) -> str | None:
 
 
 def score(rows: list[dict[str, Any]], judge: Any = None, *, reference_ifrate: float | None = None,
-          paragraph_split: str = "newline", judge_prompts: dict[str, JudgePrompt] | None = None,
+          paragraph_split: str = "newline", judge_prompts: PromptSource | dict[str, JudgePrompt] | None = None,
           **_: Any) -> dict[str, Any]:
     prompts = resolve(JUDGE_PROMPTS, judge_prompts)
     by_subset: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -196,10 +220,11 @@ def score(rows: list[dict[str, Any]], judge: Any = None, *, reference_ifrate: fl
         result["task_accuracy"], wer_failures = _task_accuracy(by_subset["closed_ended_questions-woprompt"], judge,
                                                                prompts)
         failures += wer_failures
-    result["judge"] = getattr(judge, "name", None)
     if judge is not None:
-        result["judge_prompts"] = describe_prompts(prompts, JUDGE_PROMPTS)
-    result["judge_parse_failures"] = failures
+        result.update(judge_record(judge, JUDGE_PARAMS, describe_prompts(prompts, JUDGE_PROMPTS, judge_prompts),
+                                   failures))
+    else:
+        result.update(judge=None, judge_parse_failures=failures)
     return result
 
 

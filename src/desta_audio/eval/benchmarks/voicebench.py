@@ -27,12 +27,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from desta_audio.eval.benchmarks._common import percent, response_of
+from desta_audio.eval.benchmarks._common import installed_version, judge_record, percent, reading_record, response_of
 from desta_audio.eval.ifeval import STOCK, follow_list
 from desta_audio.eval.judge import judge_samples
-from desta_audio.eval.judge_prompts import JudgePrompt, resolve
+from desta_audio.eval.judge_prompts import JudgePrompt, PromptSource, resolve
 from desta_audio.eval.judge_prompts import describe as describe_prompts
-from desta_audio.eval.loading import load_rows, to_audio_ref
+from desta_audio.eval.loading import is_hf_disk_folder, load_rows, to_audio_ref
 from desta_audio.eval.records import AUDIO_TAG, EvalItem, audio_message
 
 logger = logging.getLogger(__name__)
@@ -398,45 +398,79 @@ def extract_rating(text: str) -> float | None:
         return float(match.group(1)) if match else None
 
 
+DEFAULT_SPLITS = {"sd-qa": "usa", "mmsu": "*"}  # sd-qa: the leaderboard's accent; mmsu: every domain
+
+
 def load(path: str | Path, *, subset: str | None = None, split: str | None = None, limit: int | None = None,
          **_: Any) -> tuple[list[EvalItem], dict[str, Any]]:
     path = Path(path)
     subset = subset or path.stem.replace("voicebench_", "")
     if subset not in SUBSETS:
         raise ValueError(f"VoiceBench subset {subset!r} unknown; pass --subset, one of {', '.join(SUBSETS)}")
-    if split is None:
-        split = {"sd-qa": "usa", "mmsu": "*"}.get(subset, "test")
-    rows = _load_split(path, split)
+    default_split = DEFAULT_SPLITS.get(subset, "test")
+    rows = _load_split(path, split or default_split, asked=split is not None)
+    split = split or default_split
     rows = rows[:limit] if limit else rows
     items = []
     for index, row in enumerate(rows):
+        row_split = row.get("_split") or split
         reference = {"subset": subset, "prompt": row.get("prompt"), "reference": row.get("reference"),
                      "key": row.get("key"), "instruction_id_list": row.get("instruction_id_list"),
-                     "kwargs": row.get("kwargs"), "split": row.get("_split", split)}
+                     "kwargs": row.get("kwargs"), "split": row_split}
         item_id = str(row.get("id") or row.get("key") or index)
         if split == "*":
-            item_id = f"{row.get('_split')}/{item_id}"
-        items.append(EvalItem(id=item_id, conversation=audio_message(
-            SYSTEM_PROMPT, AUDIO_TAG, [to_audio_ref(row["audio"], path if path.is_dir() else path.parent)]),
-            reference={"source_id": row.get("id"), **reference}))
-    return items, {"data_version": f"voicebench/{subset}/{split}", "subset": subset, "items": len(items)}
+            item_id = f"{row_split}/{item_id}"
+        with reading_record(path, index + 1, row):
+            audio = to_audio_ref(row["audio"], path if path.is_dir() else path.parent)
+        items.append(EvalItem(id=item_id, conversation=audio_message(SYSTEM_PROMPT, AUDIO_TAG, [audio]),
+                              reference={"source_id": row.get("id"), **reference}))
+    # A split other than the subset's default gets its own predictions file (sd-qa accents share their ids).
+    run_name = subset if split == default_split else f"{subset}.{'all' if split == '*' else split}"
+    return items, {"data_version": f"voicebench/{subset}/{split}", "subset": subset, "split": split,
+                   "run_name": run_name, "items": len(items)}
 
 
-def _load_split(path: Path, split: str) -> list[dict[str, Any]]:
-    if split != "*":
-        return load_rows(path, split=split)
-    import datasets
+def _parquet_split(file: Path) -> str:
+    """The split a parquet shard holds, from its name: biology-00000-of-00001.parquet -> biology."""
+    return re.sub(r"-\d+-of-\d+$", "", file.stem)
 
-    from desta_audio.eval.loading import is_hf_disk_folder
 
+def _load_split(path: Path, split: str, asked: bool) -> list[dict[str, Any]]:
+    """Rows of one split, or of every split ("*") each tagged with its `_split`. A split the user `asked` for must
+    exist (another split's rows would be labelled as it); a default one falls back to what the data holds."""
     if is_hf_disk_folder(path):
+        import datasets
+
         loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            rows = []
-            for name in loaded:
-                rows += [dict(r, _split=name) for r in load_rows(path, split=name)]
-            return rows
-    return load_rows(path)
+        if not isinstance(loaded, datasets.DatasetDict):
+            return load_rows(path)
+        if split == "*":
+            return [dict(row, _split=name) for name in loaded for row in load_rows(path, split=name)]
+        if asked and split not in loaded:
+            raise ValueError(f"{path}: no split {split!r} (has {', '.join(loaded)})")
+        return load_rows(path, split=split)
+    shards = {file: _parquet_split(file) for file in (sorted(path.rglob("*.parquet")) if path.is_dir() else [])}
+    if not shards:
+        return load_rows(path)
+    if split != "*":
+        chosen = {file: name for file, name in shards.items() if name == split}
+        if asked and not chosen:
+            raise ValueError(f"{path}: no split {split!r} among its parquet files "
+                             f"(has {', '.join(sorted(set(shards.values())))})")
+        shards = chosen or {file: split for file in shards}
+    return [dict(row, _split=name) for file, name in shards.items() for row in load_rows(file)]
+
+
+PEDANT_VERSION = "0.2.17"  # the qa-metrics release VoiceBench pins; PEDANT's verdicts change across releases
+
+
+def check_pedant_version() -> str | None:
+    """The installed qa-metrics version, warning when it is not the one VoiceBench pins."""
+    version = installed_version("qa-metrics")
+    if version is not None and version != PEDANT_VERSION:
+        logger.warning("qa-metrics %s is installed; its PEDANT verdicts may differ from the %s VoiceBench pins "
+                       "(pip install 'desta-audio[pedant]')", version, PEDANT_VERSION)
+    return version
 
 
 def _pedant():
@@ -450,7 +484,7 @@ def _pedant():
 
 
 def score(rows: list[dict[str, Any]], judge: Any = None, *, seed: int = 0, use_pedant: bool = True,
-          judge_prompts: dict[str, JudgePrompt] | None = None, **_: Any) -> dict[str, Any]:
+          judge_prompts: PromptSource | dict[str, JudgePrompt] | None = None, **_: Any) -> dict[str, Any]:
     subsets = {row["subset"] for row in rows}
     if len(subsets) != 1:
         raise ValueError(f"a VoiceBench predictions file holds one subset, found {sorted(subsets)}")
@@ -458,10 +492,11 @@ def score(rows: list[dict[str, Any]], judge: Any = None, *, seed: int = 0, use_p
     rng = random.Random(seed)
     result: dict[str, Any] = {"benchmark": NAME, "subset": subset, "scorer_version": SCORER_VERSION,
                               "items": len(rows)}
+    splits = sorted({str(row.get("split")) for row in rows if row.get("split")})
+    if subset == "sd-qa" and splits:
+        result["split"] = ",".join(splits)
     responses = [response_of(row) or "" for row in rows]
     prompts = resolve(JUDGE_PROMPTS, judge_prompts)
-    if subset in OPEN_ENDED or subset == "sd-qa":
-        result["judge_prompts"] = describe_prompts(prompts, JUDGE_PROMPTS)
     if subset in OPEN_ENDED:
         _need_judge(judge, subset)
         ratings, failures = [], 0
@@ -472,17 +507,21 @@ def score(rows: list[dict[str, Any]], judge: Any = None, *, seed: int = 0, use_p
                 failures += rating is None
                 if rating is not None:
                     ratings.append(rating)
-        result.update(gpt_score=sum(ratings) / len(ratings) if ratings else None, judge_parse_failures=failures,
-                      judge=judge.name)
+        result["gpt_score"] = sum(ratings) / len(ratings) if ratings else None
         result["score"] = None if result["gpt_score"] is None else 20 * result["gpt_score"]
+        result.update(_judged(judge, prompts, judge_prompts, failures))
     elif subset == "sd-qa":
         _need_judge(judge, subset)
-        votes = []
+        votes, failures = [], 0
         for row, response in zip(rows, responses):
             messages = prompts["qa"].messages(prompt=row["prompt"], reference=row["reference"], response=response)
             verdicts = [v.strip().lower() for v in judge_samples(judge, messages, JUDGE_SAMPLES, **JUDGE_PARAMS)]
+            failures += sum(verdict not in ("yes", "no") for verdict in verdicts)  # read as "no", as upstream does
             votes.append(max(set(verdicts), key=verdicts.count) == "yes")
-        result.update(gpt=percent(sum(votes), len(votes)), judge=judge.name)
+        result["gpt"] = percent(sum(votes), len(votes))
+        result.update(_judged(judge, prompts, judge_prompts, failures))
+        if use_pedant:
+            result["pedant_version"] = check_pedant_version()
         pedant = _pedant() if use_pedant else None
         if pedant is not None:
             panda = [pedant.evaluate([str(r["reference"]).lower()], resp.lower(), str(r["prompt"]).lower())
@@ -526,6 +565,11 @@ def score(rows: list[dict[str, Any]], judge: Any = None, *, seed: int = 0, use_p
     return result
 
 
+def _judged(judge: Any, prompts: dict[str, JudgePrompt], source: Any, failures: int) -> dict[str, Any]:
+    return judge_record(judge, JUDGE_PARAMS, describe_prompts(prompts, JUDGE_PROMPTS, source), failures,
+                        judge_samples=JUDGE_SAMPLES)
+
+
 def _need_judge(judge: Any, subset: str) -> None:
     if judge is None:
         raise ValueError(f"VoiceBench {subset} is scored by an LLM judge: pass --judge")
@@ -551,10 +595,13 @@ def _score_ifeval(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def headline(result: dict[str, Any]) -> dict[str, float | None]:
+    split = result.get("split")
+    if result["subset"] == "sd-qa" and split not in (None, DEFAULT_SPLITS["sd-qa"]):
+        return {f"sd-qa ({split})": result.get("score")}  # reported, but not the leaderboard's sd-qa
     return {result["subset"]: result.get("score")}
 
 
 def overall(subset_scores: dict[str, float | None]) -> float | None:
-    """Plain mean over subsets (open-ended scores already x20)."""
-    values = [v for v in subset_scores.values() if v is not None]
+    """Plain mean over the leaderboard's subsets (open-ended scores already x20)."""
+    values = [v for k, v in subset_scores.items() if v is not None and k in SUBSETS]
     return sum(values) / len(values) if values else None

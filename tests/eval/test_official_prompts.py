@@ -1,0 +1,199 @@
+"""Official judge prompts read from a checkout of the benchmark's code. The checkouts here are generated files with
+the official layout, variable names and placeholder syntax, holding dummy wording."""
+
+import json
+import textwrap
+
+import pytest
+from typer.testing import CliRunner
+
+from desta_audio.eval import cli
+from desta_audio.eval.benchmarks import sakura, speech_ifeval, voicebench
+from desta_audio.eval.judge_prompts import JudgePrompt
+from desta_audio.eval.official_prompts import OfficialPromptError, find_official_file, load_official
+from desta_audio.eval.records import write_jsonl
+
+from tests.eval.helpers import FakeSystem
+from tests.eval.test_sakura_speech_ifeval import _sif_fixture
+
+RAN = "the checkout's code was run"
+
+
+def _write(path, source):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source).lstrip(), encoding="utf-8")
+    return path
+
+
+def voicebench_checkout(root, qa=True):
+    lines = [f'raise SystemExit("{RAN}")',
+             'meta_prompt_open = """',
+             "Dummy rubric, 1 to 5.",
+             "IN: {prompt}",
+             "OUT: {response}",
+             '"""']
+    if qa:
+        lines += ['meta_prompt_qa = """', "Q: {prompt}", "REF: {reference}", "CAND: {response}", "yes or no?",
+                  '""".strip()']
+    lines += ["def generate(item):",
+              '    messages = [{"role": "system", "content": "Dummy grader."}, {"role": "user", "content": item}]',
+              "    return messages"]
+    return _write(root / "api_judge.py", "\n".join(lines) + "\n")
+
+
+def speech_ifeval_checkout(root):
+    return _write(root / "script" / "llm_evaluation.py", '''
+        import sys
+        sys.exit("%s")
+
+        def generate_eval_response(data):
+            instruction = data["instruction"]
+            label = data.get("label")
+            model_response = data["response"]
+            if data["metric"] == "accuracy":
+                system_prompt = f"""Dummy accuracy rules. End with "Result: <YES or NO>"."""
+                content = f"""Q={instruction}\\nGT={label}\\nR={model_response}"""
+            elif data["metric"] == "wer":
+                system_prompt = f"""Dummy transcript extraction."""
+                content = f"""Q={instruction}\\nR={model_response}"""
+            elif data["metric"] == "cot":
+                system_prompt = f"""Dummy reasoning rules."""
+                content = f"""IN={instruction}\\nR={model_response}"""
+            return system_prompt, content
+    ''' % RAN)
+
+
+def sakura_checkout(root):
+    return _write(root / "evaluation" / "llm_judge.py", f'''
+        def query_llm(client, user_prompt):
+            system_prompt = \'\'\'Dummy judge.\'\'\'
+            return system_prompt
+
+        if __name__ == "__main__":
+            raise SystemExit("{RAN}")
+            user_prompt_template = \'\'\'
+            Q: [QUESTION]
+            GT: [GROUND_TRUTH_ANSWER]
+            R: [MODEL_GENERATED_RESPONSE]
+            Explanation / Judgement please.
+            \'\'\'
+    ''')
+
+
+def test_voicebench_prompts_are_read_without_running_the_file(tmp_path):
+    path = voicebench_checkout(tmp_path / "VoiceBench")
+    source = load_official("voicebench", tmp_path / "VoiceBench")
+    assert source.origin == "official" and source.path == str(path)
+    assert len(source.sha256) == 64
+    open_prompt = source.prompts["open"]
+    assert open_prompt == JudgePrompt("Dummy grader.", "\nDummy rubric, 1 to 5.\nIN: {prompt}\nOUT: {response}\n")
+    assert source.prompts["qa"].messages(prompt="p", reference="r", response="c")[1]["content"] \
+        == "Q: p\nREF: r\nCAND: c\nyes or no?"
+
+
+def test_speech_ifeval_prompts_map_the_official_names_onto_ours(tmp_path):
+    source = load_official("speech_ifeval", speech_ifeval_checkout(tmp_path / "Speech-IFEval"))
+    assert set(source.prompts) == {"reasoning", "accuracy", "transcript"}
+    accuracy = source.prompts["accuracy"].messages(instruction="I", label="L", response="R")
+    assert accuracy == [{"role": "system", "content": 'Dummy accuracy rules. End with "Result: <YES or NO>".'},
+                        {"role": "user", "content": "Q=I\nGT=L\nR=R"}]
+    assert source.prompts["reasoning"].user == "IN={instruction}\nR={response}"
+
+
+def test_sakura_prompt_placeholders_become_our_fields(tmp_path):
+    source = load_official("sakura", sakura_checkout(tmp_path / "SAKURA"))
+    messages = source.prompts["grade"].messages(question="Q?", answer="(a) dog", response="dog")
+    assert messages[0] == {"role": "system", "content": "Dummy judge."}
+    assert "Q: Q?\n    GT: (a) dog\n    R: dog" in messages[1]["content"]
+
+
+def test_missing_variable_or_unparsable_file_is_named(tmp_path):
+    with pytest.raises(OfficialPromptError, match="no string 'meta_prompt_qa'"):
+        load_official("voicebench", voicebench_checkout(tmp_path / "a", qa=False))
+    broken = _write(tmp_path / "b" / "api_judge.py", "meta_prompt_open = (\n")
+    with pytest.raises(OfficialPromptError, match="cannot parse"):
+        load_official("voicebench", broken)
+    with pytest.raises(OfficialPromptError, match="no api_judge.py"):
+        load_official("voicebench", tmp_path / "c")
+    odd = _write(tmp_path / "d" / "api_judge.py", 'meta_prompt_open = "{prompt} only"\nmeta_prompt_qa = "{prompt}"\n')
+    with pytest.raises(OfficialPromptError, match="the open prompt must use exactly the placeholders"):
+        load_official("voicebench", odd)
+
+
+def test_discovery_looks_upward_from_the_data(tmp_path):
+    path = speech_ifeval_checkout(tmp_path / "Speech-IFEval")
+    data = tmp_path / "Speech-IFEval" / "data" / "eval_data"
+    data.mkdir(parents=True)
+    assert find_official_file("speech_ifeval", data) == path
+    assert find_official_file("speech_ifeval", tmp_path / "elsewhere") is None
+    assert find_official_file("mmau", data) is None
+
+
+def _sif_run(tmp_path, monkeypatch, extra=()):
+    data = _sif_fixture(tmp_path / "Speech-IFEval" / "data" / "eval_data")
+    monkeypatch.setattr(cli, "_system", lambda *_: FakeSystem(lambda c: "because I reason"))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli.app, ["speech-ifeval", "--data", str(data), "--out", str(out), "--judge", "fake",
+                                          "--no-reference-backbone", *extra], env={"COLUMNS": "300"})
+    return result, out
+
+
+def test_run_uses_the_official_prompts_found_beside_the_data_and_records_them(tmp_path, monkeypatch):
+    path = speech_ifeval_checkout(tmp_path / "Speech-IFEval")
+    result, out = _sif_run(tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert "project wording" not in result.output
+    scores = json.loads((out / "speech_ifeval.scores.json").read_text())
+    record = scores["judge_prompts"]
+    assert record["origin"] == "official" and record["path"] == str(path) and len(record["file_sha256"]) == 64
+    assert "Dummy reasoning rules." in (out / "judge-cache.jsonl").read_text()
+    manifest = json.loads((out / "speech_ifeval.manifest.json").read_text())
+    assert manifest["scoring"]["judge_prompts"]["origin"] == "official"
+
+
+def test_without_a_checkout_the_project_wording_is_used_with_a_warning(tmp_path, monkeypatch):
+    result, out = _sif_run(tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "project wording" in text and "scores may differ from official ones" in text
+    assert "script/llm_evaluation.py" in text
+    assert json.loads((out / "speech_ifeval.scores.json").read_text())["judge_prompts"]["origin"] \
+        == "project wording"
+
+
+def test_a_broken_checkout_found_by_discovery_falls_back_with_the_reason(tmp_path, monkeypatch):
+    _write(tmp_path / "Speech-IFEval" / "script" / "llm_evaluation.py", "def generate_eval_response(data):\n    pass\n")
+    result, out = _sif_run(tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "no reasoning prompt" in text and "project wording" in text
+
+
+def test_explicit_official_path_must_work(tmp_path, monkeypatch):
+    result, _ = _sif_run(tmp_path, monkeypatch, ["--judge-prompts", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "no script/llm_evaluation.py" in " ".join(result.output.split())
+
+
+def test_rescoring_takes_an_official_file_and_the_scorers_send_its_text(tmp_path):
+    path = sakura_checkout(tmp_path / "SAKURA")
+    predictions = tmp_path / "run" / "sakura.predictions.jsonl"
+    predictions.parent.mkdir()
+    write_jsonl(predictions, [{"id": "Animal/a/single", "track": "Animal", "hop": "single", "response": "dog",
+                               "question": "What? (a) dog (b) cat", "answer": "(a) dog"}])
+    result = CliRunner().invoke(cli.app, ["score", str(predictions), "--benchmark", "sakura", "--judge", "fake",
+                                          "--judge-prompts", str(path)])
+    assert result.exit_code == 0, result.output
+    cached = [json.loads(line) for line in (tmp_path / "run" / "judge-cache.jsonl").read_text().splitlines()]
+    assert cached[0]["messages"][0]["content"] == "Dummy judge."
+    assert "Q: What? (a) dog (b) cat" in cached[0]["messages"][1]["content"]
+    scores = json.loads((tmp_path / "run" / "sakura.scores.json").read_text())
+    assert scores["judge_prompts"]["origin"] == "official" and scores["judge_params"] == sakura.JUDGE_PARAMS
+
+
+def test_default_judge_settings_are_the_official_ones():
+    assert (voicebench.JUDGE_MODEL, voicebench.JUDGE_SAMPLES) == ("gpt-4o-mini", 3)
+    assert voicebench.JUDGE_PARAMS == {"max_tokens": 1024, "frequency_penalty": 0, "presence_penalty": 0,
+                                       "temperature": 0.5, "top_p": 0.95}
+    assert (sakura.JUDGE_MODEL, sakura.JUDGE_PARAMS) == ("gpt-4o-2024-11-20", {"temperature": 0, "top_p": 0.9})
+    assert (speech_ifeval.JUDGE_MODEL, speech_ifeval.JUDGE_PARAMS) == ("gpt-4o-2024-11-20", {})
