@@ -93,3 +93,76 @@ def test_windows():
     parts = split_windows(np.arange(int(2.5 * WINDOW_SAMPLES), dtype=np.float32))
     assert [p.size for p in parts] == [WINDOW_SAMPLES, WINDOW_SAMPLES, WINDOW_SAMPLES // 2]
     assert parts[1][0] == WINDOW_SAMPLES
+
+
+def test_integer_channels_are_scaled_before_mixing():
+    pcm = (tone(0.5) * 32767).astype(np.int16)
+    for samples in (np.stack([pcm, pcm], axis=1), np.stack([pcm, pcm], axis=0)):
+        assert np.abs(load_audio(samples)).max() == pytest.approx(0.3, abs=0.01)
+    unsigned = (tone(0.5) * 127 + 128).astype(np.uint8)  # 8-bit PCM is unsigned, centred on 128
+    mixed = load_audio(np.stack([unsigned, unsigned], axis=1))
+    assert abs(float(mixed.mean())) < 0.01 and np.abs(mixed).max() == pytest.approx(0.3, abs=0.01)
+
+
+def test_channels_first_arrays_are_transposed_and_absurd_layouts_refused():
+    left, right = tone(1.0, 440), np.zeros(SAMPLE_RATE, np.float32)
+    channels_last = load_audio(np.stack([left, right], axis=1))
+    channels_first = load_audio(np.stack([left, right], axis=0))  # librosa / torchaudio layout
+    assert channels_first.size == SAMPLE_RATE
+    np.testing.assert_array_equal(channels_first, channels_last)
+    with pytest.raises(AudioError, match="would be 500 channels"):
+        load_audio(np.zeros((1000, 500), np.float32))
+
+
+@pytest.mark.parametrize("rate", [0, -16000, 22050.5, "16000", True])
+def test_array_sample_rate_must_be_a_positive_integer(rate):
+    with pytest.raises(AudioError, match="sample rate must be a positive integer"):
+        load_audio(tone(0.5), sample_rate=rate)
+
+
+def test_a_file_carries_its_own_rate(tmp_path):
+    path = tmp_path / "clip.wav"
+    sf.write(path, tone(0.5), SAMPLE_RATE)
+    with pytest.raises(AudioError, match="applies to arrays only"):
+        load_audio(path, sample_rate=22050)
+
+
+def wav_file(path, seconds=3.0):
+    sf.write(path, tone(seconds), SAMPLE_RATE, subtype="PCM_16")
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("keep", [60, 0.5])
+def test_truncated_wav_is_refused(tmp_path, keep):
+    data = wav_file(tmp_path / "whole.wav")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: keep if isinstance(keep, int) else int(len(data) * keep)])
+    held = "0.00" if keep == 60 else "1.50"
+    with pytest.raises(AudioError, match=rf"cut.wav: truncated: header declares 3.00 s, file holds {held} s"):
+        load_audio(cut)
+
+
+@pytest.mark.parametrize("declared", [0, 0xFFFFFFFF])
+def test_streamed_wav_with_unknown_data_size_is_read_whole(tmp_path, declared):
+    data = wav_file(tmp_path / "whole.wav")
+    offset = data.index(b"data") + 4  # the data chunk's size field, which a streaming writer leaves unfilled
+    streamed = tmp_path / "streamed.wav"
+    streamed.write_bytes(data[:offset] + declared.to_bytes(4, "little") + data[offset + 4:])
+    np.testing.assert_allclose(load_audio(streamed), load_audio(tmp_path / "whole.wav"), atol=1e-6)
+
+
+def test_wav_with_trailing_chunks_is_whole(tmp_path):
+    data = wav_file(tmp_path / "whole.wav")
+    tagged = tmp_path / "tagged.wav"
+    tagged.write_bytes(data + b"LIST" + (5).to_bytes(4, "little") + b"INFO\x00\x00")  # odd size, padded
+    assert load_audio(tagged).size == 3 * SAMPLE_RATE
+
+
+def test_cut_mp3_decoding_short_of_its_declared_length_is_refused(tmp_path):
+    path = tmp_path / "clip.mp3"
+    sf.write(path, tone(3.0), SAMPLE_RATE, format="MP3")
+    assert load_audio(path).size >= 3 * SAMPLE_RATE
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 9 // 10])
+    with pytest.raises(AudioError, match="clip.mp3: truncated: header declares 3.00 s"):
+        load_audio(path)

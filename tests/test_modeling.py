@@ -270,3 +270,82 @@ def test_vocabulary_head_gets_its_rows_in_standard_layout(tiny):
     assert seen[0] == (torch.Size([3, 1, d]), (d, d, 1))  # not the view's (7 * d, d, 1)
     assert seen[1] == (torch.Size([3, 7, d]), (7 * d, d, 1))  # full hidden states pass through untouched
     torch.testing.assert_close(kept[:, -1], full[:, -1])
+
+
+def stub_encoder(model, monkeypatch):
+    """Skip the encoder pass (seconds per 30 s window): these tests are about which audio gets through."""
+    hidden = model.llm_model.config.hidden_size
+    width = model.perception.whisper.config.d_model
+
+    def encode(windows):
+        return (torch.zeros(len(windows), model.config.prompt_size, hidden),
+                torch.zeros(len(windows), 1500, width))
+
+    monkeypatch.setattr(model, "encode_audio_windows", encode)
+
+
+def test_the_models_audio_limit_is_the_one_applied(tiny, monkeypatch):
+    from desta_audio.audio import AudioError
+
+    stub_encoder(tiny, monkeypatch)
+    long_clip = np.zeros(21 * 60 * 16_000, np.float32)  # past the 20-minute default
+    with pytest.raises(AudioError, match=r"audio 1 \(array\): 1260.0 s is longer than the 1200 s limit"):
+        tiny.build_batch([ask("<|AUDIO|>", long_clip, text="x")])
+    monkeypatch.setattr(tiny, "max_audio_seconds", 2000)
+    tokens = tiny.build_batch([ask("<|AUDIO|>", long_clip, text="x")])[1]
+    assert tokens.shape[0] == 42 * tiny.config.prompt_size
+    monkeypatch.setattr(tiny, "max_audio_seconds", 2)
+    with pytest.raises(AudioError, match="longer than the 2 s limit"):
+        tiny.build_batch([ask("<|AUDIO|>", tone(3.0), text="x")])
+
+
+def test_an_arrays_sampling_rate_is_honoured(tiny):
+    from desta_audio.audio import load_audio
+
+    clip = tone(1.0, rate=22_050)
+    audio = {"audio": clip, "text": "x", "sampling_rate": 22_050}
+    given = [{"role": "user", "content": "<|AUDIO|>", "audios": [audio]}]
+    resampled = ask("<|AUDIO|>", load_audio(clip, 22_050), text="x")
+    torch.testing.assert_close(tiny.build_batch([given])[1], tiny.build_batch([resampled])[1])
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"do_sample": True, "temperature": -1.0}, "temperature"),
+    ({"do_sample": True, "temperature": 0.0}, "temperature"),
+    ({"do_sample": True, "top_p": 2.0}, "top_p"),
+])
+def test_generation_settings_are_checked_before_any_work(tiny, monkeypatch, settings, message):
+    monkeypatch.setattr(tiny, "build_batch", lambda *a, **k: pytest.fail("audio prepared for a doomed request"))
+    with pytest.raises(ValueError, match=message):
+        tiny.chat([ask("<|AUDIO|>", tone(1.0), text="x")], **settings)
+
+
+def test_silent_windows_of_a_long_clip_get_no_transcript(tiny, monkeypatch, tmp_path):
+    """Whisper makes up words ("you") for a silent window, so only windows where VAD hears speech are
+    transcribed; every window still gives its audio tokens."""
+    import shutil
+    import subprocess
+
+    from desta_audio.audio import load_audio
+    from desta_audio.vad import load_vad
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng")
+    path = tmp_path / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), "Purple elephant, seven."], check=True)
+    clip = np.concatenate([np.zeros(WINDOW_SAMPLES + 4_800, np.float32), load_audio(path)])  # 30.3 s of silence
+    stub_encoder(tiny, monkeypatch)
+    transcribed: list[int] = []
+
+    def transcribe(states):
+        transcribed.append(len(states))
+        return [f"window-{i}" for i in range(len(states))]
+
+    monkeypatch.setattr(tiny, "vad", load_vad())
+    monkeypatch.setattr(tiny, "use_asr", True)
+    monkeypatch.setattr(tiny, "transcribe_windows", transcribe)
+    batch, tokens, transcripts = tiny.build_batch([ask("<|AUDIO|><|AUDIO|>", clip, np.zeros(16_000, np.float32))])
+    assert transcribed == [1]  # the window with the words; neither silent window, nor the silent clip
+    assert transcripts == [["window-0", " "]]
+    assert tokens.shape[0] == 3 * tiny.config.prompt_size

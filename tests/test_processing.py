@@ -30,6 +30,14 @@ def test_locators_must_match_audios():
     assert [r.audio for r in refs] == ["a.wav", "b.wav", "c.wav"]
 
 
+def test_audio_entries_take_a_rate_and_refuse_unknown_keys():
+    refs = audio_refs([{"role": "user", "content": "<|AUDIO|>",
+                        "audios": [{"audio": "a.wav", "text": None, "sampling_rate": 22050}]}])
+    assert refs[0].sample_rate == 22050
+    with pytest.raises(ConversationError, match=r"unknown audio key\(s\) \['sample_rate'\]; .*'sampling_rate'"):
+        audio_refs([{"role": "user", "content": "<|AUDIO|>", "audios": [{"audio": "a.wav", "sample_rate": 8000}]}])
+
+
 def test_markers_wrap_bare_locators_once():
     assert mark_audio("x <|AUDIO|> y") == "x <start_audio><|AUDIO|><end_audio> y"
     assert mark_audio("<start_audio><|AUDIO|><end_audio>") == "<start_audio><|AUDIO|><end_audio>"

@@ -322,7 +322,62 @@ def test_cli_list_and_prepare(fake, monkeypatch):
     relisted = runner.invoke(models_app, ["list"])
     assert any("fake-llm" in line and "yes" in line for line in relisted.output.splitlines())
     failed = runner.invoke(models_app, ["prepare", "no-such-model"])
-    assert failed.exit_code == 1 and "Unknown preset" in failed.output
+    assert failed.exit_code == 1 and "unknown model 'no-such-model'" in failed.output
+    for name in (*zoo.PRESETS, *zoo.PACKAGED):  # every name prepare accepts
+        assert name in failed.stderr
+
+
+def test_cli_list_never_cuts_a_name_in_80_columns(fake, monkeypatch):
+    from typer.testing import CliRunner
+
+    from desta_audio.cli_models import models_app
+
+    monkeypatch.setenv("COLUMNS", "80")
+    listed = CliRunner().invoke(models_app, ["list"])
+    assert listed.exit_code == 0, listed.output
+    assert max(len(line) for line in listed.output.splitlines()) <= 80
+    rows = [line.split("│")[1].strip() for line in listed.output.splitlines() if line.startswith("│")]
+    names = [f"{zoo.DEFAULT_PRESET} (default)", *(n for n in zoo.PRESETS if n != zoo.DEFAULT_PRESET), *zoo.PACKAGED]
+    assert set(names) <= set(rows), rows
+
+
+def _hub_preset(monkeypatch, tmp_path: Path) -> None:
+    preset = zoo.Preset("hub-preset", "test", encoder="some-org/encoder", llm="some-org/llm",
+                        adapter="some-org/adapter", trained=True)
+    monkeypatch.setitem(zoo.PRESETS, "hub-preset", preset)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+
+
+def test_cli_prepare_downloads_every_hub_component(monkeypatch, tmp_path: Path):
+    import huggingface_hub
+    from typer.testing import CliRunner
+
+    from desta_audio.cli_models import models_app
+
+    _hub_preset(monkeypatch, tmp_path)
+    requested: dict[str, list[str]] = {}
+
+    def snapshot_download(repo_id, allow_patterns=None, **_):
+        requested[repo_id] = allow_patterns
+        return str(tmp_path / repo_id)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    prepared = CliRunner().invoke(models_app, ["prepare", "hub-preset"])
+    assert prepared.exit_code == 0, prepared.output
+    assert set(requested) == {"some-org/encoder", "some-org/llm", "some-org/adapter"}
+    assert "model.safetensors" in requested["some-org/adapter"] and "*.json" in requested["some-org/llm"]
+    assert f"downloaded to {tmp_path / 'some-org/llm'}" in prepared.output
+
+
+def test_cli_prepare_offline_fails_in_one_line(monkeypatch, tmp_path: Path):
+    """A real subprocess: huggingface_hub reads HF_HUB_OFFLINE when it is imported."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "-m", "desta_audio.cli", "models", "prepare", "desta2.5-llama3.1-8b"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: openai/whisper-large-v3: the download"), result.stderr
+    assert "needs network access" in lines[0]
 
 
 # ------------------------------------------------------------------------- integration (real packaged weights)

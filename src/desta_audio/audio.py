@@ -5,9 +5,12 @@ Every geometry constant is named once here and derived from the others.
 
 from __future__ import annotations
 
+import io
 import math
+import struct
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -15,6 +18,8 @@ SAMPLE_RATE = 16_000  # Whisper's input rate
 WINDOW_SECONDS = 30  # Whisper's receptive field: one encoder pass
 WINDOW_SAMPLES = SAMPLE_RATE * WINDOW_SECONDS
 DEFAULT_MAX_SECONDS = 20 * 60.0  # refuse longer input unless the caller raises the limit
+MAX_CHANNELS = 64  # more is a mistaken layout, not a recording
+DECODED_SHORTFALL = 0.01  # a file decoding to this fraction fewer frames than it declares is taken as cut
 
 AudioSource = Union[str, Path, np.ndarray]
 
@@ -32,16 +37,28 @@ def load_audio(
 ) -> np.ndarray:
     """Return float32 mono audio at 16 kHz.
 
-    `source` is a file path (wav, flac, ogg, mp3: whatever libsndfile decodes) or a numpy array of shape
-    (samples,) or (samples, channels). An array is taken to be at `sample_rate` (default 16 kHz).
+    `source` is a file path (wav, flac, ogg, mp3: whatever libsndfile decodes) or a numpy array at `sample_rate`
+    (a positive integer; default 16 kHz; a file carries its own rate, so giving one with a path is an error).
+    An array is (samples,) or (samples, channels), soundfile's layout. A 2-D array whose second dimension is the
+    longer one is taken as (channels, samples), the layout of librosa and torchaudio, since real audio has more
+    samples than channels; more than MAX_CHANNELS channels is refused. Integer samples are scaled to [-1, 1] by
+    their type's range, then the channels are averaged.
     """
     label = name or (str(source) if not isinstance(source, np.ndarray) else "audio array")
     if isinstance(source, np.ndarray):
-        rate = sample_rate or SAMPLE_RATE
+        rate = SAMPLE_RATE if sample_rate is None else _checked_rate(sample_rate, label)
         data = source
     else:
+        if sample_rate is not None:
+            raise AudioError(f"{label}: a sample rate ({sample_rate}) applies to arrays only; a file carries its own")
         data, rate = _read_file(Path(source), max_seconds)
     return _normalise(data, rate, label, max_seconds)
+
+
+def _checked_rate(rate: object, label: str) -> int:
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
+        raise AudioError(f"{label}: sample rate must be a positive integer (Hz), got {rate!r}")
+    return int(rate)
 
 
 def _read_file(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
@@ -63,6 +80,11 @@ def _read_file(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
             f"{path}: cannot decode as audio ({reason}); "
             "supported: wav, flac, ogg/vorbis/opus, mp3; convert other formats with ffmpeg or sox"
         ) from None
+    data_chunk = _riff_data_chunk(path) if info.format in ("WAV", "WAVEX") else None
+    if data_chunk is not None:  # libsndfile counts a WAV's frames from the file size, so a cut file looks whole
+        _check_riff_complete(path, data_chunk)
+    if data_chunk is not None and data_chunk.declared == 0 and info.frames == 0:
+        return _read_unsized_wav(path, data_chunk, info, max_seconds)
     if info.samplerate <= 0 or info.frames <= 0:
         raise AudioError(f"{path}: contains no audio samples")
     _check_duration(info.frames / info.samplerate, str(path), max_seconds)
@@ -70,7 +92,75 @@ def _read_file(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as error:
         raise AudioError(f"{path}: the file is corrupt or truncated ({_first_line(error)})") from None
+    # Compressed formats (mp3 with a length header, for one) declare more frames than a cut file decodes to. The
+    # slack allows for decoders whose declared length is an estimate.
+    if len(data) < info.frames * (1 - DECODED_SHORTFALL):
+        raise _truncated(path, info.frames / rate, len(data) / rate)
     return data, rate
+
+
+@dataclass(frozen=True)
+class _DataChunk:
+    offset: int  # of the first sample
+    declared: int  # bytes, as the header says
+    held: int  # bytes present in the file
+    byte_rate: int  # from the fmt chunk
+
+
+def _riff_data_chunk(path: Path) -> _DataChunk | None:
+    """Where a RIFF/WAVE file's samples start and how many bytes it declares and holds (None when not found)."""
+    with path.open("rb") as stream:
+        head = stream.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None  # RIFX, RF64 or something else libsndfile reads its own way
+        byte_rate = 0
+        while len(chunk := stream.read(8)) == 8:
+            chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            start = stream.tell()
+            if chunk_id == b"fmt " and len(fields := stream.read(16)) == 16:
+                byte_rate = struct.unpack("<HHIIHH", fields)[3]
+            elif chunk_id == b"data":
+                return _DataChunk(start, size, path.stat().st_size - start, byte_rate)
+            stream.seek(start + size + (size & 1))  # chunks are padded to an even length
+    return None
+
+
+def _check_riff_complete(path: Path, chunk: _DataChunk) -> None:
+    """Refuse a WAV whose data chunk is shorter than its header declares. A declared size of 0 or 0xFFFFFFFF
+    (streaming writers that never went back to fill it in) means unknown, and is accepted."""
+    if chunk.declared in (0, 0xFFFFFFFF) or chunk.held >= chunk.declared or chunk.byte_rate <= 0:
+        return
+    raise _truncated(path, chunk.declared / chunk.byte_rate, chunk.held / chunk.byte_rate)
+
+
+def _read_unsized_wav(path: Path, chunk: _DataChunk, info: Any, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """A WAV whose writer never filled in the data size: libsndfile sees no frames, so read what follows as raw."""
+    import soundfile as sf
+
+    if chunk.held <= 0 or chunk.byte_rate <= 0:
+        raise AudioError(f"{path}: contains no audio samples")
+    _check_duration(chunk.held / chunk.byte_rate, str(path), max_seconds)
+    with path.open("rb") as stream:
+        stream.seek(chunk.offset)
+        samples = io.BytesIO(stream.read())  # libsndfile would read a file object from its start, header and all
+    data, rate = sf.read(samples, format="RAW", subtype=info.subtype, samplerate=info.samplerate,
+                         channels=info.channels, endian="LITTLE", dtype="float32", always_2d=True)
+    return data, rate
+
+
+def _truncated(path: Path, declared: float, held: float) -> AudioError:
+    return AudioError(f"{path}: truncated: header declares {declared:.2f} s, file holds {held:.2f} s; "
+                      "re-export or re-download it")
+
+
+def _to_float(data: np.ndarray) -> np.ndarray:
+    """Integer PCM -> float32 in [-1, 1] (unsigned PCM is centred on half its range); floats pass as they are."""
+    if data.dtype.kind == "f":
+        return data.astype(np.float32, copy=False)
+    info = np.iinfo(data.dtype)
+    half = (int(info.max) - int(info.min) + 1) / 2
+    centre = 0 if data.dtype.kind == "i" else half
+    return ((data.astype(np.float64) - centre) / half).astype(np.float32)
 
 
 def _normalise(data: np.ndarray, rate: int, label: str, max_seconds: float | None) -> np.ndarray:
@@ -80,12 +170,15 @@ def _normalise(data: np.ndarray, rate: int, label: str, max_seconds: float | Non
     if data.dtype.kind not in "fiu":
         raise AudioError(f"{label}: expected numeric samples, got dtype {data.dtype}")
     if data.ndim == 2:
-        data = data.astype(np.float32).mean(axis=1)  # (samples, channels) -> mono
+        if data.shape[1] > data.shape[0]:  # (channels, samples): see load_audio
+            data = data.T
+        if data.shape[1] > MAX_CHANNELS:
+            raise AudioError(f"{label}: shape {data.shape} would be {data.shape[1]} channels (at most "
+                             f"{MAX_CHANNELS}); give (samples,) or (samples, channels)")
+        data = _to_float(data).mean(axis=1)  # scaled first: the mean of integers is a float and would pass unscaled
     elif data.ndim != 1:
         raise AudioError(f"{label}: expected shape (samples,) or (samples, channels), got {data.shape}")
-    if data.dtype.kind in "iu":
-        data = data.astype(np.float32) / float(np.iinfo(data.dtype).max)
-    data = data.astype(np.float32, copy=False)
+    data = _to_float(data)
     if data.size == 0:
         raise AudioError(f"{label}: contains no audio samples")
     if not np.isfinite(data).all():

@@ -40,20 +40,38 @@ def _print_streamed(text: str) -> None:
     sys.stdout.flush()
 
 
-def _load(model: str, asr: bool, device: Optional[str], dtype: Optional[str]) -> Any:
+def _check_settings(max_new_tokens: int, sample: bool, temperature: float, top_p: float,
+                    max_audio_seconds: float, dtype: Optional[str]) -> None:
+    """Refuse bad settings before any audio or model is loaded."""
+    from desta_audio.modeling import check_generation
+
+    try:
+        check_generation(max_new_tokens, sample, temperature, top_p)
+        check_dtype_names(dtype)
+    except ValueError as error:
+        _fail(str(error))
+    if not max_audio_seconds > 0:
+        _fail(f"--max-audio-seconds must be above 0, got {max_audio_seconds}")
+
+
+def _load(model: str, asr: bool, device: Optional[str], dtype: Optional[str], max_audio_seconds: float) -> Any:
     from transformers.utils import logging as transformers_logging
 
-    from desta_audio.modeling import DeSTAModel
+    from desta_audio.loading import ModelLoadError, resolve_device
+    from desta_audio.modeling import CheckpointError, DeSTAModel
+    from desta_audio.zoo import PackagedWeightsError
 
     # Weight-loading bars and generation-config deprecation notes are noise for someone asking a question.
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     try:
-        check_dtype_names(dtype)
-    except ValueError as error:
+        resolved = resolve_device(device)
+        with _status(f"Loading {model}"):
+            desta = DeSTAModel.from_pretrained(model, asr=asr, device=resolved, dtype=dtype)
+    except (ModelLoadError, CheckpointError, PackagedWeightsError) as error:
         _fail(str(error))
-    with _status(f"Loading {model}"):
-        return DeSTAModel.from_pretrained(model, asr=asr, device=device, dtype=dtype)
+    desta.max_audio_seconds = max_audio_seconds  # the clips were checked against it already; the model re-checks
+    return desta
 
 
 def _status(message: str):
@@ -110,6 +128,7 @@ def ask(
     from desta_audio.audio import AudioError, load_audio
     from desta_audio.processing import ConversationError
 
+    _check_settings(max_new_tokens, sample, temperature, top_p, max_audio_seconds, dtype)
     if len(inputs) < 2:
         _fail("give at least one audio file and a question, e.g. desta ask clip.wav \"What is said?\"")
     paths, question = inputs[:-1], inputs[-1]
@@ -121,7 +140,7 @@ def ask(
     except AudioError as error:
         _fail(str(error))
     started = time.perf_counter()
-    desta = _load(model, asr, device, dtype)
+    desta = _load(model, asr, device, dtype, max_audio_seconds)
     load_seconds = time.perf_counter() - started
     content = question if "<|AUDIO|>" in question else "<|AUDIO|>" * len(paths) + "\n" + question
     conversation = [{"role": "user", "content": content,
@@ -180,11 +199,13 @@ def chat(
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:  # not on every platform
         pass
-    desta = _load(model, asr, device, dtype)
+    _check_settings(max_new_tokens, sample, temperature, top_p, max_audio_seconds, dtype)
+    desta = _load(model, asr, device, dtype, max_audio_seconds)
     desta.enable_audio_cache(audio_cache_mb)
     generation = _generation(max_new_tokens, sample, temperature, top_p, seed)
     history: list[dict] = []
-    pending: list[dict] = []
+    pending: list[dict] = []  # clips attached for the next message
+    pending_names: list[str] = []  # their file names, for the transcript lines
     typer.echo(CHAT_HELP, err=True)
     while True:
         try:
@@ -198,7 +219,7 @@ def chat(
         if command == "/quit":
             break
         if command == "/reset":
-            history, pending = [], []
+            history, pending, pending_names = [], [], []
             typer.echo("(conversation cleared)", err=True)
             continue
         if command == "/system":
@@ -212,8 +233,8 @@ def chat(
                 continue
             for path in paths:
                 try:
-                    pending.append({"audio": load_audio(path, max_seconds=max_audio_seconds), "text": None,
-                                    "path": path})
+                    pending.append({"audio": load_audio(path, max_seconds=max_audio_seconds), "text": None})
+                    pending_names.append(Path(path).name)
                     typer.echo(f"(attached {Path(path).name})", err=True)
                 except AudioError as error:
                     typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
@@ -221,7 +242,7 @@ def chat(
         message = {"role": "user", "content": "<|AUDIO|>" * len(pending) + ("\n" if pending else "") + line,
                    "audios": pending}
         conversation = ([{"role": "system", "content": system}] if system else []) + history + [message]
-        attached = pending
+        attached, attached_names = pending, pending_names
 
         listening = _ListeningStatus([audio["audio"] for audio in attached])
 
@@ -229,9 +250,9 @@ def chat(
             listening.stop()
             # Transcripts cover every clip of the conversation; the new clips are the last ones. Keeping them
             # means later turns give them as the caller's transcript instead of transcribing again.
-            for audio, text in zip(attached, transcripts[len(transcripts) - len(attached):]):
+            for audio, name, text in zip(attached, attached_names, transcripts[len(transcripts) - len(attached):]):
                 audio["text"] = text
-                typer.echo(f"(transcript of {Path(audio['path']).name}: {text.strip() or '-'})", err=True)
+                typer.echo(f"(transcript of {name}: {text.strip() or '-'})", err=True)
             if stream:
                 _print_streamed("desta> ")
 
@@ -243,14 +264,14 @@ def chat(
                 listening.stop()
         except (AudioError, ConversationError) as error:  # the turn is dropped; the session goes on
             typer.secho(f"\nerror: {error}", err=True, fg=typer.colors.RED)
-            pending = []
+            pending, pending_names = [], []
             continue
         except KeyboardInterrupt:  # Ctrl-C stops this answer, not the session
             typer.echo("\n(stopped; the turn is dropped)", err=True)
-            pending = []
+            pending, pending_names = [], []
             continue
         history += [message, {"role": "assistant", "content": reply.text}]
-        pending = []
+        pending, pending_names = [], []
         typer.echo("" if stream else f"desta> {reply.text}")
         sys.stdout.flush()
 

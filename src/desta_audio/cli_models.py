@@ -16,6 +16,11 @@ models_app = typer.Typer(
 )
 
 
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)  # one line, however narrow the terminal
+    raise typer.Exit(code=1)
+
+
 def _human_size(num_bytes: float) -> str:
     unit = "B"
     for unit in ("B", "KB", "MB", "GB"):
@@ -45,22 +50,31 @@ def _adapter_label(adapter: str | Path | None) -> str:
     return str(adapter)
 
 
+def _table(title: str, columns: tuple[str, ...], names: list[str]) -> Table:
+    """A table whose first column (the names to type) is never cut, however narrow the terminal; the other
+    columns fold their text onto more lines instead."""
+    table = Table(title=title, title_justify="left")
+    table.add_column(columns[0], no_wrap=True, min_width=max(len(name) for name in names))
+    for column in columns[1:]:
+        table.add_column(column, overflow="fold")
+    return table
+
+
 @models_app.command("list")
 def list_models() -> None:
     """Show the presets and the packaged models, and whether they are prepared in the cache."""
     console = Console()
-    presets = Table(title="Presets", title_justify="left")
-    for column in ("name", "encoder", "llm", "adapter", "trained", "prepared", "size"):
-        presets.add_column(column)
+    names = {name: f"{name} (default)" if name == zoo.DEFAULT_PRESET else name for name in zoo.PRESETS}
+    presets = _table("Presets", ("name", "encoder", "llm", "adapter", "trained", "prepared", "size"),
+                     list(names.values()))
     for preset in zoo.PRESETS.values():
         states = [_component_state(ref) for ref in (preset.encoder, preset.llm, preset.adapter)]
         packaged = [state for state, _ in states if state in ("yes", "no")]
         hub = any(state == "hub" for state, _ in states)
         prepared = "hub" if hub and not packaged else ("yes" if all(s == "yes" for s in packaged) else "no")
         size = sum(num_bytes for _, num_bytes in states)
-        name = f"{preset.name} (default)" if preset.name == zoo.DEFAULT_PRESET else preset.name
         presets.add_row(
-            name,
+            names[preset.name],
             str(preset.encoder),
             str(preset.llm),
             _adapter_label(preset.adapter),
@@ -70,9 +84,8 @@ def list_models() -> None:
         )
     console.print(presets)
 
-    packaged = Table(title=f"Packaged models (cache: {zoo.models_dir()})", title_justify="left")
-    for column in ("name", "kind", "description", "prepared", "size"):
-        packaged.add_column(column)
+    packaged = _table(f"Packaged models (cache: {zoo.models_dir()})", ("name", "kind", "description", "prepared",
+                                                                       "size"), list(zoo.PACKAGED))
     for weights in zoo.PACKAGED.values():
         state, size = _component_state(weights.name)
         packaged.add_row(weights.name, weights.kind, weights.description, state, _human_size(size) if size else "-")
@@ -83,17 +96,24 @@ def list_models() -> None:
 def prepare_model(
     name: str = typer.Argument(..., help="A preset (see `desta models list`) or a packaged model name."),
 ) -> None:
-    """Convert the packaged weights of a preset (or one packaged model) into the cache. Safe to re-run."""
-    console = Console()
+    """Convert the packaged weights of a preset (or one packaged model) into the cache, and download the
+    components of a hub preset into the Hugging Face cache, so the model then loads offline. Safe to re-run."""
+    if name not in zoo.PRESETS and name not in zoo.PACKAGED:
+        _fail(f"unknown model {name!r}; presets: {', '.join(zoo.PRESETS)}; packaged models: "
+              f"{', '.join(zoo.PACKAGED)}")
     try:
         if name in zoo.PACKAGED:
-            console.print(f"{name}: {zoo.prepare_packaged(name)}")
+            typer.echo(f"{name}: {zoo.prepare_packaged(name)}")  # echo: a path must not wrap or read as markup
             return
         preset = zoo.prepare(name)
+        downloaded = zoo.download_hub_components(preset)
     except (ValueError, zoo.PackagedWeightsError) as error:
-        Console(stderr=True).print(f"[red]error:[/red] {error}")
-        raise typer.Exit(code=1) from None
+        _fail(str(error))
+    except zoo.HubDownloadError as error:
+        _fail(f"{error}; preparing {name} needs network access (unset HF_HUB_OFFLINE)")
     for role in ("encoder", "llm", "adapter"):
-        console.print(f"{role}: {getattr(preset, role) or 'none (untrained adapter)'}")
+        ref = getattr(preset, role)
+        where = f"{ref} (downloaded to {downloaded[role]})" if role in downloaded else ref
+        typer.echo(f"{role}: {where or 'none (untrained adapter)'}")
     if not preset.trained:
-        console.print(f"[yellow]note:[/yellow] {preset.notes}")
+        Console().print(f"[yellow]note:[/yellow] {preset.notes}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,45 @@ from desta_audio.precision import resolve_dtype
 
 log = logging.getLogger(__name__)
 
+ADAPTER_FILES = (CONFIG_FILE, ADAPTER_FILE, ENCODER_FILE)  # what an adapter folder or hub repo holds
+# Said wherever a hub download was needed and failed.
+HUB_ADVICE = ("it needs the network once (unset HF_HUB_OFFLINE; `desta models prepare PRESET` fetches a preset), "
+              "or give a local folder or an offline preset (`desta models list`)")
+
 # An adapter that has not been trained yet starts from this seed, so its (meaningless) outputs are reproducible.
 UNTRAINED_SEED = 0
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+class ModelLoadError(ValueError):
+    """A model, component or device that cannot be used here; the message says what to do instead."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to load on (None: cuda when available, else cpu), checked before any weight is read."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        resolved = None
+    if resolved is None or resolved.type not in DEVICE_TYPES:
+        raise ModelLoadError(f"device {str(device)!r} is not one of {', '.join(DEVICE_TYPES)} (cuda:N for one GPU)")
+    available = _device_count(resolved.type)
+    if available == 0:
+        raise ModelLoadError(f"device {str(device)!r}: this machine's torch has no usable {resolved.type} device; "
+                             "use --device cpu (or install a torch build for it)")
+    if resolved.index is not None and resolved.index >= available:
+        raise ModelLoadError(f"device {str(device)!r}: only {available} {resolved.type} device(s) here")
+    return resolved
+
+
+def _device_count(kind: str) -> int:
+    if kind == "cuda":
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if kind == "mps":
+        return int(torch.backends.mps.is_available())
+    return 1
 
 
 def load_model(
@@ -42,6 +81,7 @@ def load_model(
     train a preset's adapter from scratch; a preset then uses its own connector settings (`Preset.adapter_config`)."""
     from desta_audio import zoo
 
+    device = resolve_device(device)
     adapter_dir: Path | None = None
     if str(reference) in zoo.PRESETS:
         named = zoo.get_preset(str(reference))
@@ -62,9 +102,8 @@ def load_model(
             raise TypeError(f"unknown DeSTAConfig field {key!r}")
         setattr(config, key, value)
 
-    encoder_path = zoo.resolve_component(encoder or config.encoder_model_id)
-    llm_path = zoo.resolve_component(llm or config.llm_model_id)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    encoder_path = _component(encoder or config.encoder_model_id)
+    llm_path = _component(llm or config.llm_model_id)
     dtype = resolve_dtype(dtype, device)
     model = build_model(config, encoder_path, llm_path, dtype=dtype, asr=asr)
     if fresh_adapter:
@@ -89,11 +128,13 @@ def build_model(config: DeSTAConfig, encoder_path: str | Path, llm_path: str | P
         WhisperForConditionalGeneration,
     )
 
-    whisper = WhisperForConditionalGeneration.from_pretrained(str(encoder_path), dtype=dtype)
-    llm_model = AutoModelForCausalLM.from_pretrained(str(llm_path), dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(str(llm_path))
-    feature_extractor = WhisperFeatureExtractor.from_pretrained(str(encoder_path))
-    whisper_tokenizer = AutoTokenizer.from_pretrained(str(encoder_path)) if asr else None
+    with _loading(encoder_path):
+        whisper = WhisperForConditionalGeneration.from_pretrained(str(encoder_path), dtype=dtype)
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(str(encoder_path))
+        whisper_tokenizer = AutoTokenizer.from_pretrained(str(encoder_path)) if asr else None
+    with _loading(llm_path):
+        llm_model = AutoModelForCausalLM.from_pretrained(str(llm_path), dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(llm_path))
     vad = None
     if asr:
         from desta_audio.vad import load_vad
@@ -162,22 +203,47 @@ def load_trained_encoder(model: DeSTAModel, path: str | Path) -> None:
              f", LoRA merged into {len(adapted)} layers" if adapted else "")
 
 
+def _component(reference: str | Path) -> str | Path:
+    """A component's local folder or hub id; a bad name is a ModelLoadError (what zoo raises is a ValueError)."""
+    from desta_audio import zoo
+
+    try:
+        return zoo.resolve_component(reference)
+    except ValueError as error:
+        raise ModelLoadError(str(error)) from None
+
+
+@contextmanager
+def _loading(component: str | Path) -> Iterator[None]:
+    """Turn transformers' failure to find or read a component (OSError: offline hub, missing files) into a
+    ModelLoadError that says what to do."""
+    try:
+        yield
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if isinstance(component, Path):
+            raise ModelLoadError(f"{component}: cannot load this model folder ({reason})") from None
+        raise ModelLoadError(f"{component}: not in the local cache, and the Hugging Face hub download failed "
+                             f"({reason}); {HUB_ADVICE}") from None
+
+
 def _local_dir(reference: str | Path) -> Path:
-    path = Path(reference)
+    from desta_audio import zoo
+
+    path = Path(reference).expanduser()
     if path.is_dir():
         if not (path / CONFIG_FILE).exists():
             raise CheckpointError(f"{path}: no {CONFIG_FILE}; expected a DeSTA adapter folder")
         return path
     if path.exists():
         raise CheckpointError(f"{path}: expected a folder with {CONFIG_FILE} and {ADAPTER_FILE}, got a file")
-    if str(reference).count("/") != 1 or str(reference).startswith((".", "/")):
-        raise CheckpointError(f"{reference}: not a preset, a folder, or a hub id (owner/name)")
-    from huggingface_hub import snapshot_download
-
+    if str(reference).startswith((".", "/", "~")) or str(reference).count("/") > 1:
+        raise ModelLoadError(f"{reference}: no such folder; give a DeSTA adapter folder, a preset "
+                             "(`desta models list`) or a hub id (owner/name)")
+    if str(reference).count("/") != 1:
+        raise ModelLoadError(f"{reference}: not a preset ({', '.join(zoo.PRESETS)}), a folder, or a hub id "
+                             "(owner/name)")
     try:
-        return Path(snapshot_download(str(reference), allow_patterns=[CONFIG_FILE, ADAPTER_FILE, ENCODER_FILE]))
-    except Exception as error:
-        raise CheckpointError(
-            f"{reference}: could not download from the hub ({type(error).__name__}); offline, use a preset "
-            "(`desta models list`) or a local folder"
-        ) from None
+        return zoo.download_from_hub(str(reference), ADAPTER_FILES)
+    except zoo.HubDownloadError as error:
+        raise ModelLoadError(f"{error} (taken as a hub id: it is not a preset or a folder); {HUB_ADVICE}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from desta_audio.audio import SAMPLE_RATE, load_audio, split_windows
+from desta_audio.audio import DEFAULT_MAX_SECONDS, SAMPLE_RATE, load_audio, split_windows
 from desta_audio.audio_cache import AudioCache
 from desta_audio.config import DeSTAConfig
 from desta_audio.few_rows_linear import use_few_rows_linear
@@ -142,6 +143,8 @@ class DeSTAModel(nn.Module):
         self.vad = vad
         self.use_asr = whisper_tokenizer is not None
         self.audio_cache: AudioCache | None = None  # off by default; see enable_audio_cache
+        # Longest clip accepted, in seconds (None: no limit); raise it for audio longer than 20 minutes.
+        self.max_audio_seconds: float | None = DEFAULT_MAX_SECONDS
         self.encoder_dtype = next(whisper.parameters()).dtype
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.conversations = ConversationEncoder(
@@ -253,7 +256,10 @@ class DeSTAModel(nn.Module):
     # ----- audio -> soft tokens and transcripts -----
 
     def _features(self, windows: list[np.ndarray]) -> torch.Tensor:
-        features = self.feature_extractor(windows, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        # The extractor mixes torch and numpy in float32: an enclosing CPU autocast (bf16 training) breaks it.
+        with torch.autocast("cpu", enabled=False):
+            features = self.feature_extractor(windows, sampling_rate=SAMPLE_RATE,
+                                              return_tensors="pt").input_features
         return features.to(self.device, self.encoder_dtype)
 
     def encode_audio_windows(self, windows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,12 +272,15 @@ class DeSTAModel(nn.Module):
             finals.append(final)
         return torch.cat(tokens), torch.cat(finals)
 
-    def _has_speech(self, audio: np.ndarray) -> bool:
+    def _speech_windows(self, audio: np.ndarray) -> list[bool]:
+        """Per 30 s window, whether VAD hears speech in it (all True without a VAD). Whisper invents words for a
+        silent window ("you", "Thank you."), so those get no ASR."""
+        windows = split_windows(audio)
         if self.vad is None:
-            return True
+            return [True] * len(windows)
         from desta_audio.vad import speech_timestamps
 
-        return bool(speech_timestamps(audio, self.vad))
+        return [bool(speech_timestamps(window, self.vad)) for window in windows]
 
     def transcribe_windows(self, encoder_states: torch.Tensor) -> list[str]:
         """Greedy Whisper transcripts (language detected, no timestamps) from the encoder pass already made."""
@@ -286,19 +295,20 @@ class DeSTAModel(nn.Module):
 
     def resolve_transcripts(self, given: list[str | None], arrays: list[np.ndarray], windows_per_audio: list[int],
                             encoder_states: torch.Tensor) -> list[str]:
-        """One transcript per audio: the caller's when given; otherwise ASR on the audio's windows (batched over all
-        audios, reusing `encoder_states`) when VAD finds speech; otherwise the release's blank transcript."""
+        """One transcript per audio: the caller's when given; otherwise ASR on the windows where VAD finds speech
+        (batched over all audios, reusing `encoder_states`), joined; the release's blank transcript when no window
+        has speech."""
         transcripts = [text if text is not None else NO_SPEECH_TRANSCRIPT for text in given]
         if not self.use_asr:
             return transcripts
-        speech = [i for i, text in enumerate(given) if text is None and self._has_speech(arrays[i])]
         offsets = np.cumsum([0] + list(windows_per_audio))
-        asr_windows = [j for i in speech for j in range(offsets[i], offsets[i + 1])]
-        if asr_windows:
-            by_window = dict(zip(asr_windows, self.transcribe_windows(encoder_states[asr_windows])))
-            for i in speech:
-                joined = " ".join(by_window[j] for j in range(offsets[i], offsets[i + 1]) if by_window[j])
-                transcripts[i] = joined or NO_SPEECH_TRANSCRIPT
+        asr_windows = {i: [offsets[i] + k for k, speech in enumerate(self._speech_windows(arrays[i])) if speech]
+                       for i, text in enumerate(given) if text is None}
+        flat = [j for windows in asr_windows.values() for j in windows]
+        if flat:
+            by_window = dict(zip(flat, self.transcribe_windows(encoder_states[flat])))
+            for i, windows in asr_windows.items():
+                transcripts[i] = " ".join(by_window[j] for j in windows if by_window[j]) or NO_SPEECH_TRANSCRIPT
         return transcripts
 
     def enable_audio_cache(self, max_mb: float) -> None:
@@ -312,12 +322,14 @@ class DeSTAModel(nn.Module):
         return hash(tuple((p.data_ptr(), p._version) for p in self.perception.parameters()))
 
     def prepare_audios(self, refs: list, timings: dict[str, float] | None = None) -> list[PreparedAudio]:
-        """Load every audio, run the encoder over all their windows in batches, transcribe where needed. With the
-        audio cache on (inference only), audios seen before skip all of that, and a clip repeated within the call
-        is worked on once."""
+        """Load every audio (up to `max_audio_seconds` each), run the encoder over all their windows in batches,
+        transcribe where needed. With the audio cache on (inference only), audios seen before skip all of that,
+        and a clip repeated within the call is worked on once."""
         timings = timings if timings is not None else {}
         clock = time.perf_counter()
-        arrays = [load_audio(ref.audio) for ref in refs]
+        arrays = [load_audio(ref.audio, ref.sample_rate, max_seconds=self.max_audio_seconds,
+                             name=f"audio {i + 1} (array)" if isinstance(ref.audio, np.ndarray) else None)
+                  for i, ref in enumerate(refs)]
         cache = self.audio_cache if not torch.is_grad_enabled() else None
         if cache is not None:
             cache.check_weights(self._weights_stamp())
@@ -469,6 +481,7 @@ class DeSTAModel(nn.Module):
             raise TypeError("chat() takes a list of conversations; wrap a single conversation in a list")
         if not conversations:
             return []
+        check_generation(max_new_tokens, do_sample, temperature, top_p)
         for name, hooks in (("on_text", on_text), ("on_start", on_start)):
             if hooks is not None and len(hooks) != len(conversations):
                 raise ValueError(f"{name} has {len(hooks)} callbacks for {len(conversations)} conversations")
@@ -530,6 +543,21 @@ class DeSTAModel(nn.Module):
         if system is not None:
             conversation.insert(0, {"role": "system", "content": system})
         return self.chat([conversation], **generation)[0]
+
+
+def check_generation(max_new_tokens: int, do_sample: bool, temperature: float | None, top_p: float | None) -> None:
+    """Refuse generation settings `generate()` would fail on, or take without complaint (top_p 2); temperature
+    and top_p matter only when sampling."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens (--max-new-tokens) must be a whole number of at least 1, "
+                         f"got {max_new_tokens!r}")
+    if not do_sample:
+        return
+    if temperature is None or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature (--temperature) must be above 0 when sampling, got {temperature!r}; "
+                         "for greedy decoding leave sampling off")
+    if top_p is None or not 0 < top_p <= 1:
+        raise ValueError(f"top_p (--top-p) must be above 0 and at most 1 when sampling, got {top_p!r}")
 
 
 def _until_stop(ids: list[int], stops: set[int]) -> list[int]:

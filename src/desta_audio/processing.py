@@ -1,7 +1,8 @@
 """Conversations -> token ids with audio slots, labels for training, and batch collation.
 
 A conversation is a list of chat messages; a message may carry audios in the release's form:
-`{"role": "user", "content": "<|AUDIO|>\\nWhat is said?", "audios": [{"audio": path_or_array, "text": None}]}`.
+`{"role": "user", "content": "<|AUDIO|>\\nWhat is said?", "audios": [{"audio": path_or_array, "text": None}]}`;
+an array at another rate than 16 kHz says so with `"sampling_rate": rate`.
 Each `<|AUDIO|>` becomes `<start_audio>` + audio tokens (64 per 30 s window) + transcript tokens + `<end_audio>`.
 The markers are ordinary text; audio positions are tracked explicitly (a mask), so no vocabulary entry is
 reserved or added.
@@ -17,6 +18,8 @@ import torch
 from desta_audio.config import AUDIO_END, AUDIO_LOCATOR, AUDIO_START
 
 IGNORE_INDEX = -100
+# What an entry of a message's `audios` may hold; `sampling_rate` is named as in Hugging Face datasets' audio.
+AUDIO_KEYS = frozenset({"audio", "text", "sampling_rate"})
 Conversation = Sequence[dict[str, Any]]
 
 
@@ -28,8 +31,9 @@ class ConversationError(ValueError):
 class AudioRef:
     """One audio of a conversation, in order of appearance."""
 
-    audio: Any  # path or 16 kHz float32 array
+    audio: Any  # path or array
     text: str | None  # caller-supplied transcript, or None to transcribe
+    sample_rate: int | None = None  # of an array (None: 16 kHz); a file carries its own
 
 
 @dataclass
@@ -61,7 +65,11 @@ def audio_refs(conversation: Conversation) -> list[AudioRef]:
             if isinstance(audio, dict):
                 if "audio" not in audio:
                     raise ConversationError(f"message {index}: each audio needs an 'audio' key, got {sorted(audio)}")
-                refs.append(AudioRef(audio["audio"], audio.get("text")))
+                unknown = sorted(set(audio) - AUDIO_KEYS)
+                if unknown:  # a misspelt key (a rate, say) would otherwise be dropped without a word
+                    raise ConversationError(f"message {index}: unknown audio key(s) {unknown}; an audio takes "
+                                            f"{', '.join(repr(k) for k in sorted(AUDIO_KEYS))}")
+                refs.append(AudioRef(audio["audio"], audio.get("text"), audio.get("sampling_rate")))
             else:  # a bare path or array
                 refs.append(AudioRef(audio, None))
     return refs

@@ -502,6 +502,43 @@ def prepare(preset_name: str = DEFAULT_PRESET) -> Preset:
     )
 
 
+# ------------------------------------------------------------------------------------------ hub components
+
+# What transformers' from_pretrained reads from a model repository: configs, tokenizer files and the weights in
+# their default variant. Other frameworks' weights, fp32 variants and original checkpoints (gigabytes) stay behind.
+HUB_MODEL_FILES = ("*.json", "*.txt", "*.model", "*.tiktoken", "model.safetensors", "model-*-of-*.safetensors")
+
+
+class HubDownloadError(RuntimeError):
+    """A hub repository could not be downloaded (offline, unreachable, no such repository)."""
+
+
+def download_from_hub(repo_id: str, allow_patterns: tuple[str, ...] = HUB_MODEL_FILES) -> Path:
+    """Download (or find in the Hugging Face cache) the files of `repo_id` matching `allow_patterns`, with
+    progress bars; return the local snapshot folder. Files already cached are not fetched again."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=list(allow_patterns)))
+    except (OSError, HFValidationError) as error:  # hub errors are OSErrors: offline, unreachable, no such repo
+        raise HubDownloadError(f"{repo_id}: the download from the Hugging Face hub failed "
+                               f"({type(error).__name__})") from None
+
+
+def download_hub_components(preset: Preset) -> dict[str, Path]:
+    """Download the components of a prepared preset (see `prepare`) that are still hub ids, so that loading it
+    later works offline; returns role -> local folder."""
+    hub = {role: ref for role in ("encoder", "llm", "adapter")
+           if isinstance(ref := getattr(preset, role), str)}  # prepare() turned every local component into a Path
+    files = {"encoder": HUB_MODEL_FILES, "llm": HUB_MODEL_FILES}
+    if "adapter" in hub:
+        from desta_audio.loading import ADAPTER_FILES  # imported only when needed: it brings in torch
+
+        files["adapter"] = ADAPTER_FILES
+    return {role: download_from_hub(ref, files[role]) for role, ref in hub.items()}
+
+
 def folder_size(path: Path) -> int:
     """Total bytes of the files under `path` (0 if it does not exist)."""
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0

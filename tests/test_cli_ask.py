@@ -1,0 +1,130 @@
+"""`desta ask` and `desta chat`: bad settings and model references fail up front in one line (exit 2), and the
+audio limit given on the command line reaches the model."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import typer
+from typer.testing import CliRunner
+
+from desta_audio import cli_ask
+from desta_audio.audio import SAMPLE_RATE
+from desta_audio.modeling import DeSTAModel
+from tests.conftest import tone
+from tests.test_modeling import stub_encoder
+from tests.tiny import tiny_model
+
+app = typer.Typer()
+cli_ask.register(app)
+
+
+def run(*arguments, stdin=None):
+    return CliRunner().invoke(app, [str(a) for a in arguments], input=stdin)
+
+
+def assert_one_line_error(result, expected):
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+
+
+def command(name, clip, *options):
+    """The same options for either command; ask also takes a clip and a question."""
+    return ("ask", clip, "What is this?", *options) if name == "ask" else ("chat", *options)
+
+
+@pytest.fixture()
+def clip(tmp_path):
+    path = tmp_path / "clip.wav"
+    sf.write(path, tone(1.0), SAMPLE_RATE)
+    return path
+
+
+@pytest.fixture()
+def offline_hub(monkeypatch, tmp_path):
+    """The hub as on a machine without network: nothing cached, downloads refused."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+@pytest.fixture()
+def no_loading(monkeypatch):
+    monkeypatch.setattr(DeSTAModel, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+
+
+@pytest.mark.parametrize("name", ["ask", "chat"])
+@pytest.mark.parametrize("options,expected", [
+    (["--max-new-tokens", "0"], "max_new_tokens (--max-new-tokens) must be a whole number of at least 1"),
+    (["--sample", "--temperature", "-1"], "temperature (--temperature) must be above 0"),
+    (["--sample", "--top-p", "2"], "top_p (--top-p) must be above 0 and at most 1"),
+    (["--max-audio-seconds", "0"], "--max-audio-seconds must be above 0"),
+])
+def test_bad_settings_fail_before_loading(no_loading, clip, name, options, expected):
+    assert_one_line_error(run(*command(name, clip, *options), stdin=""), expected)
+
+
+@pytest.mark.parametrize("name", ["ask", "chat"])
+def test_bad_model_references_fail_in_one_line(offline_hub, clip, tmp_path, name):
+    (tmp_path / "empty").mkdir()
+    cases = {
+        "nonexistent-model": "nonexistent-model: not a preset (desta-mini, desta-tiny",
+        str(tmp_path / "no" / "such" / "folder"): "folder: no such folder",
+        str(tmp_path / "empty"): "empty: no config.json",
+        "foo/bar": "foo/bar: the download from the Hugging Face hub failed",
+    }
+    for model, expected in cases.items():
+        assert_one_line_error(run(*command(name, clip, "--model", model), stdin=""), expected)
+
+
+def test_a_component_only_on_the_hub_fails_in_one_line_offline(offline_hub, clip, tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "config.json").write_text(json.dumps({"encoder_model_id": "openai/whisper-tiny",
+                                                     "llm_model_id": "openai/some-llm"}))
+    assert_one_line_error(run(*command("ask", clip, "--model", adapter)),
+                          "openai/whisper-tiny: not in the local cache, and the Hugging Face hub download failed")
+
+
+@pytest.mark.parametrize("name", ["ask", "chat"])
+def test_bad_devices_fail_in_one_line(no_loading, clip, name):
+    assert_one_line_error(run(*command(name, clip, "--device", "bogus"), stdin=""), "device 'bogus' is not one of")
+    if not torch.cuda.is_available():
+        assert_one_line_error(run(*command(name, clip, "--device", "cuda"), stdin=""),
+                              "device 'cuda': this machine's torch has no usable cuda device")
+
+
+@pytest.fixture()
+def long_clip(tmp_path):
+    path = tmp_path / "long.wav"
+    sf.write(path, np.zeros(21 * 60 * SAMPLE_RATE, np.int16), SAMPLE_RATE)  # 21 minutes, past the default limit
+    return path
+
+
+@pytest.fixture()
+def tiny_loaded(monkeypatch):
+    """`--model` loads a tiny random model (its encoder pass skipped: these tests are about the limit)."""
+    model = tiny_model()
+    stub_encoder(model, monkeypatch)
+    monkeypatch.setattr(DeSTAModel, "from_pretrained", lambda *a, **k: model)
+    return model
+
+
+def test_ask_raises_the_audio_limit_end_to_end(tiny_loaded, long_clip):
+    result = run("ask", long_clip, "What?", "--max-audio-seconds", "2000", "--max-new-tokens", "2", "--no-stream")
+    assert result.exit_code == 0, result.output
+    assert tiny_loaded.max_audio_seconds == 2000
+    refused = run("ask", long_clip, "What?", "--max-new-tokens", "2")
+    assert_one_line_error(refused, "long.wav: 1260.0 s is longer than the 1200 s limit")
+
+
+def test_chat_raises_the_audio_limit_end_to_end(tiny_loaded, long_clip):
+    result = run("chat", "--max-audio-seconds", "2000", "--max-new-tokens", "2", "--no-stream",
+                 stdin=f"/audio {long_clip}\nWhat is it?\n/quit\n")
+    assert result.exit_code == 0, result.output
+    assert "(attached long.wav)" in result.stderr and "error" not in result.stderr
+    assert result.stdout.count("desta> ") == 1
