@@ -166,3 +166,12 @@ def test_cut_mp3_decoding_short_of_its_declared_length_is_refused(tmp_path):
     path.write_bytes(data[: len(data) * 9 // 10])
     with pytest.raises(AudioError, match="clip.mp3: truncated: header declares 3.00 s"):
         load_audio(path)
+
+
+def test_float_samples_far_beyond_full_scale_are_refused(tmp_path):
+    path = tmp_path / "huge.wav"
+    sf.write(path, tone(1.0) * 1e30, SAMPLE_RATE, subtype="FLOAT")
+    with pytest.raises(AudioError, match="samples reach .*e\\+29; float audio should lie within"):
+        load_audio(path)
+    hot = tone(1.0, amplitude=1.5)  # a hot mix just over full scale stays usable
+    assert np.abs(load_audio(hot)).max() == pytest.approx(1.5, rel=1e-3)

@@ -19,6 +19,9 @@ WINDOW_SECONDS = 30  # Whisper's receptive field: one encoder pass
 WINDOW_SAMPLES = SAMPLE_RATE * WINDOW_SECONDS
 DEFAULT_MAX_SECONDS = 20 * 60.0  # refuse longer input unless the caller raises the limit
 MAX_CHANNELS = 64  # more is a mistaken layout, not a recording
+# Floats a little over full scale are ordinary hot mixes; far beyond it they are mis-scaled integers or garbage, which
+# Whisper's log-mel normalisation turns into nonsense (and past ~1e16 into inf in float32 spectra).
+MAX_FLOAT_PEAK = 1000.0
 DECODED_SHORTFALL = 0.01  # a file decoding to this fraction fewer frames than it declares is taken as cut
 
 AudioSource = Union[str, Path, np.ndarray]
@@ -183,6 +186,10 @@ def _normalise(data: np.ndarray, rate: int, label: str, max_seconds: float | Non
         raise AudioError(f"{label}: contains no audio samples")
     if not np.isfinite(data).all():
         raise AudioError(f"{label}: contains NaN or infinite samples; the decoder or upstream processing is broken")
+    peak = float(np.abs(data).max())
+    if peak > MAX_FLOAT_PEAK:
+        raise AudioError(f"{label}: samples reach {peak:.3g}; float audio should lie within [-1, 1] (integer PCM "
+                         "stored as floats? divide by its full scale, e.g. 32768)")
     _check_duration(data.size / rate, label, max_seconds)
     if rate != SAMPLE_RATE:
         import soxr
