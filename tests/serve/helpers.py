@@ -73,6 +73,14 @@ class FakeModel:
         return FakeReply(text, transcripts, list(range(len(text.split()))))
 
 
+def wait_until(condition, what: str, limit_s: float = 10.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.01)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -81,12 +89,11 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(app: Any) -> Iterator[str]:
-    """Run `app` with uvicorn on a free loopback port in a thread; yields the base URL."""
-    import uvicorn
+    """Run `app` (from create_app) as `desta serve` does, on a free loopback port in a thread; yields the base URL."""
+    from desta_audio.serve.server import api_server
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                          timeout_graceful_shutdown=2))
+    server = api_server(app, host="127.0.0.1", port=port, log_level="warning", grace_s=2)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -153,3 +160,37 @@ def stop_string_in(text: str, length: int = 3) -> str:
                 and text.find(piece) == start):
             return piece
     raise AssertionError(f"no usable stop string in {text!r}")
+
+
+class TokenLoopChat:
+    """A batcher chat function that writes one word per row every `token_s` seconds, up to `words` words, and ends
+    a row early once its `stop_requested()` turns true, as the model's generate does. `started` is set when a batch
+    begins; `stopped_early` counts the rows ended early."""
+
+    def __init__(self, words: int = 500, token_s: float = 0.02) -> None:
+        self.words, self.token_s = words, token_s
+        self.started = threading.Event()
+        self.stopped_early = 0
+
+    def __call__(self, conversations, params, *, on_text=None, on_start=None, stop_requested=None):
+        rows = len(conversations)
+        for hook in on_start or []:
+            if hook is not None:
+                hook([])
+        texts, ended = [""] * rows, [False] * rows
+        self.started.set()
+        for _ in range(self.words):
+            for row in range(rows):
+                if ended[row]:
+                    continue
+                if stop_requested is not None and stop_requested[row]():
+                    ended[row] = True
+                    self.stopped_early += 1
+                    continue
+                texts[row] += " word"
+                if on_text is not None and on_text[row] is not None:
+                    on_text[row](" word")
+            if all(ended):
+                break
+            time.sleep(self.token_s)
+        return [FakeReply(text, []) for text in texts]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import io
 
 import httpx
+import numpy as np
 import openai
 import pytest
+import soundfile as sf
 
 from desta_audio.serve.api import ServeSettings, create_app
 from tests.serve.helpers import FakeModel, audio_part, b64, running_server, tone_wav
@@ -129,7 +132,7 @@ def test_models_health_and_metrics(served):
     client(served).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], temperature=0)
     metrics = httpx.get(f"{served}/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
-    assert 'desta_requests_total{status="200"} 1.0' in metrics.text
+    assert 'desta_requests_total{route="/v1/chat/completions",status="200"} 1.0' in metrics.text
     assert "desta_batch_size_count 1.0" in metrics.text
     assert "desta_queue_wait_seconds_count 1.0" in metrics.text
 
@@ -265,3 +268,113 @@ def test_oversize_chunked_body_without_length_gets_413(served):
     response = httpx.post(f"{served}/v1/chat/completions", content=body(), headers={"content-type": "application/json"})
     assert response.status_code == 413
     assert "larger than" in response.json()["error"]["message"]
+
+
+def test_a_failing_request_gets_a_json_500_and_its_batch_mates_their_answers():
+    settings = ServeSettings(model_id=MODEL, max_batch_size=8, batch_window_ms=200)
+    with running_server(create_app(FakeModel(fail_on="explode"), settings)) as url:
+        def ask(text: str) -> httpx.Response:
+            return httpx.post(f"{url}/v1/chat/completions", timeout=30,
+                              json={"model": MODEL, "messages": [{"role": "user", "content": text}]})
+
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            failed, *fine = pool.map(ask, ["explode", "one", "two"])
+    assert failed.status_code == 500 and failed.json()["error"]["type"] == "server_error"
+    assert "secret" not in failed.text and "Traceback" not in failed.text
+    assert [r.json()["choices"][0]["message"]["content"] for r in fine] == [
+        "roles=user last=[one] audio_samples=[]", "roles=user last=[two] audio_samples=[]"]
+
+
+def test_413_names_the_real_limit_and_carries_cors_headers():
+    origin = "http://a.example"
+    settings = ServeSettings(model_id=MODEL, max_request_mb=0.5, cors_origins=[origin])
+    with running_server(create_app(FakeModel(), settings)) as url:
+        response = httpx.post(f"{url}/v1/chat/completions", content=b"x" * 700_000,
+                              headers={"content-type": "application/json", "origin": origin})
+    assert response.status_code == 413
+    assert "limit of 0.5 MB" in response.json()["error"]["message"]
+    assert response.headers["access-control-allow-origin"] == origin
+
+
+def metric_lines(url: str, name: str) -> list[str]:
+    return sorted(line for line in httpx.get(f"{url}/metrics", headers={"authorization": "Bearer k"}).text.splitlines()
+                  if line.startswith(name))
+
+
+def test_every_api_response_is_counted_once_by_route_and_status():
+    settings = ServeSettings(model_id=MODEL, api_key="k", max_request_mb=0.5)
+    key = {"authorization": "Bearer k"}
+    chat = "/v1/chat/completions"
+    user = [{"role": "user", "content": "x"}]
+    with running_server(create_app(FakeModel(), settings)) as url:
+        for body in ({"model": MODEL, "messages": []}, {"model": MODEL, "messages": user, "temperature": -1},
+                     {"model": MODEL, "messages": user, "top_p": 0}, [1, 2],
+                     {"model": MODEL, "messages": [{"role": "user", "content": [
+                         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}):
+            assert httpx.post(f"{url}{chat}", json=body, headers=key).status_code == 400
+        assert httpx.post(f"{url}{chat}", json={"model": MODEL, "messages": user}).status_code == 401
+        assert httpx.post(f"{url}{chat}", content=b"x" * 600_000, headers=key).status_code == 413
+        assert httpx.post(f"{url}{chat}", json={"model": MODEL, "messages": user}, headers=key).status_code == 200
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        assert httpx.get(f"{url}/v1/models", headers=key).status_code == 200
+        assert metric_lines(url, "desta_requests_total") == [
+            'desta_requests_total{route="/v1/chat/completions",status="200"} 1.0',
+            'desta_requests_total{route="/v1/chat/completions",status="400"} 5.0',
+            'desta_requests_total{route="/v1/chat/completions",status="401"} 1.0',
+            'desta_requests_total{route="/v1/chat/completions",status="413"} 1.0',
+            'desta_requests_total{route="/v1/models",status="200"} 1.0',
+            'desta_requests_total{route="/v1/models",status="401"} 1.0',
+        ]
+
+
+@pytest.mark.parametrize(("extra", "param", "expected"), [
+    ({"logprobs": True, "top_logprobs": 3}, "logprobs", "logprobs are not supported"),
+    ({"top_logprobs": 2}, "top_logprobs", "logprobs are not supported"),
+    ({"tool_choice": "required"}, "tool_choice", "function calling"),
+    ({"functions": [{"name": "f", "parameters": {}}]}, "functions", "function calling"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format",
+     "json_schema"),
+    ({"response_format": {"type": "json_object"}}, "response_format", "json_object"),
+    ({"frequency_penalty": 0.5}, "frequency_penalty", "not supported"),
+    ({"presence_penalty": -1}, "presence_penalty", "not supported"),
+    ({"logit_bias": {"42": 100}}, "logit_bias", "not supported"),
+    ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "modalities", "text only"),
+])
+def test_fields_that_would_change_the_answer_are_refused(served, extra, param, expected):
+    response = httpx.post(f"{served}/v1/chat/completions",
+                          json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], **extra})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param and expected in response.json()["error"]["message"]
+
+
+def test_fields_that_change_nothing_are_accepted(served):
+    reply = client(served).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "x"}], user="u1", metadata={"k": "v"}, store=False,
+        tool_choice="none", response_format={"type": "text"}, presence_penalty=0, frequency_penalty=0,
+        logprobs=False, seed=1, parallel_tool_calls=False)
+    assert reply.choices[0].message.content == "roles=user last=[x] audio_samples=[]"
+
+
+@pytest.mark.parametrize("content", ["", "  \n", None, [], [{"type": "text", "text": ""}]])
+def test_an_empty_user_message_is_refused_by_its_index(served, content):
+    messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"},
+                {"role": "user", "content": content}]
+    response = httpx.post(f"{served}/v1/chat/completions", json={"model": MODEL, "messages": messages})
+    assert response.status_code == 400
+    assert "messages[2]" in response.json()["error"]["message"] and "empty" in response.json()["error"]["message"]
+
+
+def test_audio_at_an_absurd_sample_rate_is_refused_before_decoding(served):
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros((655_350, 8), np.int16), 655_350, format="FLAC")  # 1 s, 8 channels of silence
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(served).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": [audio_part(buffer.getvalue(), "flac")]}])
+    assert "655350 Hz" in caught.value.message and "192000 Hz" in caught.value.message
+
+
+def test_the_default_answer_length_never_exceeds_the_limit():
+    fake = FakeModel()
+    with running_server(create_app(fake, ServeSettings(model_id=MODEL, max_tokens_limit=100))) as url:
+        client(url).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], temperature=0)
+    assert fake.calls[-1]["max_new_tokens"] == 100

@@ -11,11 +11,10 @@ from tests.serve.helpers import FakeModel
 
 @pytest.fixture
 def captured(monkeypatch):
-    import uvicorn
 
     seen: dict = {}
     monkeypatch.setattr("desta_audio.serve.cli._load_model", lambda ref, device=None, dtype=None: FakeModel())
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(app=app, **kwargs))
+    monkeypatch.setattr("desta_audio.serve.server.run_server", lambda app, **kwargs: seen.update(app=app, **kwargs))
     _register_subcommands()
     return seen
 
@@ -30,6 +29,7 @@ def test_serve_options_reach_the_app(captured):
     assert (settings.model_id, settings.api_key, settings.max_batch_size, settings.max_queue) == ("desta-tiny", "k", 4, 9)
     assert settings.max_request_bytes == 2 * 1024 * 1024 and settings.cors_origins == ["http://a.example"]
     assert any(getattr(route, "path", "") == "/demo" for route in captured["app"].routes)
+    assert captured["log_level"] == "info"
 
 
 @pytest.mark.parametrize("command", ["serve", "demo"])
@@ -46,3 +46,19 @@ def test_a_taken_port_fails_before_the_model_loads(command, monkeypatch):
         result = CliRunner().invoke(app, [command, "--port", str(port)])
     assert result.exit_code == 2 and loaded == []
     assert f"cannot listen on 127.0.0.1:{port}" in result.output and "in use" in result.output
+
+
+@pytest.mark.parametrize(("command", "option", "value"), [
+    ("serve", "--port", "99999"), ("serve", "--port", "0"), ("serve", "--max-batch", "0"),
+    ("serve", "--max-queue", "0"), ("serve", "--batch-window-ms", "-1"), ("serve", "--batch-refill", "nan"),
+    ("serve", "--max-audio-seconds", "0"), ("serve", "--max-request-mb", "-2"), ("serve", "--request-timeout", "inf"),
+    ("serve", "--max-tokens-limit", "0"), ("serve", "--audio-cache-mb", "-1"), ("serve", "--log-level", "loud"),
+    ("demo", "--port", "70000"), ("demo", "--max-new-tokens", "0"), ("demo", "--audio-cache-mb", "-5"),
+])
+def test_bad_option_values_fail_before_the_model_loads(command, option, value, monkeypatch):
+    loaded = []
+    monkeypatch.setattr("desta_audio.serve.cli._load_model", lambda *a, **k: loaded.append(a) or FakeModel())
+    _register_subcommands()
+    result = CliRunner().invoke(app, [command, option, value])
+    assert result.exit_code == 2 and loaded == []
+    assert f"Invalid value for '{option}'" in result.output and "Traceback" not in result.output

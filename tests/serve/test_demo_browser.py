@@ -127,21 +127,25 @@ def test_the_answer_streams_onto_the_page(browser):
         demo.close()
 
 
-def test_demo_mounted_next_to_the_api_answers_through_the_batcher(browser, tmp_path, tiny):
+def test_demo_mounted_next_to_the_api_logs_in_and_answers_through_the_batcher(browser, tmp_path, tiny):
     from desta_audio.serve.api import ServeSettings, create_app
-    from desta_audio.serve.cli import _mount_demo
+    from desta_audio.serve.demo import mount_demo
     from tests.serve.helpers import running_server
 
     clip = tmp_path / "beep.wav"
     clip.write_bytes(tone_wav(0.5))
-    app = create_app(tiny, ServeSettings(model_id="tiny"))
-    _mount_demo(app, max_new_tokens=12)
+    app = create_app(tiny, ServeSettings(model_id="tiny", api_key="sekret"))
+    mount_demo(app, max_new_tokens=12)
     question = "what did the speaker say"
     conversation = [{"role": "user", "content": f"<|AUDIO|>\n{question}", "audios": [{"audio": str(clip), "text": None}]}]
     expected = tiny.chat([conversation], max_new_tokens=12)[0].text
     with running_server(app) as url:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(f"{url}/demo/", wait_until="domcontentloaded")
+        # With an API key the demo opens on a login page that takes the key as the password.
+        page.locator("input[type=password]").fill("sekret")
+        page.locator("input[type=text]").fill("me")
+        page.get_by_role("button", name="Login").click()
         page.locator("#clips input[type=file]").set_input_files([str(clip)])
         from playwright.sync_api import expect
 

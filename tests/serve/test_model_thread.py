@@ -55,3 +55,21 @@ def test_demo_answers_run_one_at_a_time_on_one_worker_thread():
     assert deltas == ["hi"]
     assert len(set(model.threads)) == 1
     assert model.threads[0] not in {threading.main_thread().ident, *(c.ident for c in callers)}
+
+
+def test_the_worker_is_a_daemon_thread_and_shutdown_drops_calls_not_started():
+    from desta_audio.serve.model_thread import model_worker
+
+    worker = model_worker("test-worker")
+    assert worker.submit(threading.current_thread).result(timeout=10).daemon  # a running generate cannot hold exit
+    release = threading.Event()
+    running = worker.submit(release.wait, 10)
+    waiting = worker.submit(lambda: "never")
+    while not running.running():
+        threading.Event().wait(0.01)
+    worker.shutdown(wait=False, cancel_futures=True)
+    release.set()
+    assert running.result(timeout=10) is True
+    assert waiting.cancelled()
+    with pytest.raises(RuntimeError, match="shut down"):
+        worker.submit(print)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import random
-import time
 
 import httpx
 import openai
@@ -14,7 +13,7 @@ import pytest
 from desta_audio.audio import AudioError
 from desta_audio.serve.api import ServeSettings, create_app
 from desta_audio.serve.stop_strings import StopStringFilter, apply_stop
-from tests.serve.helpers import StreamingFakeModel, audio_part, running_server, tone_wav
+from tests.serve.helpers import StreamingFakeModel, audio_part, running_server, tone_wav, wait_until
 
 MODEL = "desta-test"
 
@@ -29,14 +28,6 @@ def user(text: str) -> list[dict]:
 
 def streamed_text(chunks) -> str:
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-
-
-def wait_until(condition, what: str, limit_s: float = 10.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.01)
 
 
 def test_first_delta_arrives_before_generation_finishes():

@@ -13,8 +13,8 @@ content chunks as text becomes final; the finish chunk; a usage chunk when `stre
 text that may start a stop string is held back until the next token settles it. With a model whose `chat` takes
 `stop_strings`, a request (streaming or not) also stops generating once its answer holds one of its stop strings,
 while its batch-mates go on; the text is still cut here, so answers are the same either way. A full queue is
-refused with 503 before the stream starts; failures after it has started (timeout, unusable audio, a model error)
-arrive as a `data: {"error": {...}}` event followed by `[DONE]`, as OpenAI does. A client that disconnects stops
+refused with 503 before the stream starts; failures after it has started (timeout, unusable audio, a model error,
+shutdown) arrive as a `data: {"error": {...}}` event followed by `[DONE]`, as OpenAI does. A client that disconnects stops
 receiving; its batch-mates are not affected. A model whose `chat` has no such hooks is still served: its answer is
 sent in one content chunk when its batch is done.
 """
@@ -47,11 +47,11 @@ from desta_audio.serve.batcher import (
     DynamicBatcher,
     QueueFullError,
     SamplingParams,
-    accepts_stop_strings,
-    accepts_stream_hooks,
 )
 from desta_audio.audio_cache import DEFAULT_AUDIO_CACHE_MB
-from desta_audio.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
+from desta_audio.serve.metrics import CONTENT_TYPE_LATEST, ResponseCounter, ServeMetrics
+from desta_audio.serve.model_chat import model_chat_function
+from desta_audio.serve.request_checks import unsupported_field
 from desta_audio.serve.stop_strings import StopStringFilter, apply_stop
 from desta_audio.serve.schemas import (
     AudioURLPart,
@@ -184,7 +184,11 @@ def request_to_conversation(request: ChatCompletionRequest, policy: AudioPolicy)
             audios.append({"audio": samples, "text": transcript})
             pieces.append(AUDIO_PLACEHOLDER)
             audio_index += 1
-        entry: dict[str, Any] = {"role": role, "content": _join_parts(pieces)}
+        text = _join_parts(pieces)
+        if role == "user" and not audios and not text.strip():
+            raise APIError(400, f"messages[{message_index}]: the user message is empty; send text or audio",
+                           param="messages")
+        entry: dict[str, Any] = {"role": role, "content": text}
         if audios:
             entry["audios"] = audios
         conversation.append(entry)
@@ -205,7 +209,8 @@ def _join_parts(pieces: Sequence[str]) -> str:
 
 
 def sampling_params(request: ChatCompletionRequest, settings: ServeSettings) -> SamplingParams:
-    max_new_tokens = request.requested_max_tokens or settings.default_max_tokens
+    # The default never exceeds the limit: a request that leaves max_tokens out must not be refused for it.
+    max_new_tokens = request.requested_max_tokens or min(settings.default_max_tokens, settings.max_tokens_limit)
     if max_new_tokens > settings.max_tokens_limit:
         raise APIError(
             400, f"max_tokens={max_new_tokens} is above this server's limit of {settings.max_tokens_limit}", param="max_tokens"
@@ -216,40 +221,6 @@ def sampling_params(request: ChatCompletionRequest, settings: ServeSettings) -> 
         return SamplingParams(max_new_tokens=max_new_tokens, do_sample=False)
     top_p = DEFAULT_TOP_P if request.top_p is None else request.top_p
     return SamplingParams(max_new_tokens, True, temperature, top_p, request.seed)
-
-
-def model_chat_function(model: Any) -> ChatFunction:
-    """The batcher's chat function for `model`: it names exactly the optional keywords `model.chat` takes
-    (streaming hooks, stop strings), since the batcher passes only those a function names."""
-    streams, stops = accepts_stream_hooks(model.chat), accepts_stop_strings(model.chat)
-
-    def call(conversations: Sequence[Conversation], params: SamplingParams, **extra: Any) -> Sequence[Any]:
-        return model.chat(list(conversations), **extra, **params.chat_kwargs())
-
-    if streams and stops:
-        def streaming_chat_with_stops(conversations: Sequence[Conversation], params: SamplingParams, *,
-                                      on_text: Sequence[Any] | None = None, on_start: Sequence[Any] | None = None,
-                                      stop_strings: Sequence[Sequence[str]] | None = None) -> Sequence[Any]:
-            return call(conversations, params, on_text=on_text, on_start=on_start, stop_strings=stop_strings)
-
-        return streaming_chat_with_stops
-    if streams:
-        def streaming_chat(conversations: Sequence[Conversation], params: SamplingParams, *,
-                           on_text: Sequence[Any] | None = None, on_start: Sequence[Any] | None = None) -> Sequence[Any]:
-            return call(conversations, params, on_text=on_text, on_start=on_start)
-
-        return streaming_chat
-    if stops:
-        def chat_with_stops(conversations: Sequence[Conversation], params: SamplingParams, *,
-                            stop_strings: Sequence[Sequence[str]] | None = None) -> Sequence[Any]:
-            return call(conversations, params, stop_strings=stop_strings)
-
-        return chat_with_stops
-
-    def chat(conversations: Sequence[Conversation], params: SamplingParams) -> Sequence[Any]:
-        return call(conversations, params)
-
-    return chat
 
 
 # -- reply -> response ---------------------------------------------------------------------------------------
@@ -286,11 +257,13 @@ def _sse_error(error: APIError) -> str:
 
 
 SSE_DONE = "data: [DONE]\n\n"
+# The routes whose responses desta_requests_total counts, by route and status.
+API_ROUTES = ("/v1/chat/completions", "/v1/models")
 
 
 def _generation_error(error: BaseException, settings: ServeSettings) -> APIError | None:
     """The client-facing error for a request that failed in the queue or the model; None for an unexpected
-    failure (answered as a bare 500: its details stay in the server log)."""
+    failure (answered as a plain 500: its details stay in the server log)."""
     if isinstance(error, QueueFullError):
         return APIError(503, str(error) + "; retry shortly", type="server_error", code="server_busy",
                         headers={"Retry-After": "1"})
@@ -304,7 +277,8 @@ def _generation_error(error: BaseException, settings: ServeSettings) -> APIError
     return None
 
 
-_INTERNAL_ERROR = APIError(500, "internal server error; see the server log", type="server_error")
+def _internal_error() -> APIError:
+    return APIError(500, "internal server error; see the server log", type="server_error")
 
 
 class _StreamChannel:
@@ -340,7 +314,7 @@ class _BodySizeLimit:
     async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
         error = APIError(
             413,
-            f"the request body is larger than this server's limit of {self.max_bytes / 1024 / 1024:.0f} MB; "
+            f"the request body is larger than this server's limit of {self.max_bytes / 1024 / 1024:g} MB; "
             "send shorter or compressed (mp3/ogg) audio",
             code="request_too_large",
             headers={"Connection": "close"},
@@ -429,6 +403,9 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
     app.state.metrics = metrics
     app.state.model = model
 
+    # The last added runs first: every API response is counted, and the 413 passes through CORS (browsers can
+    # read it).
+    app.add_middleware(_BodySizeLimit, max_bytes=settings.max_request_bytes)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -438,7 +415,7 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(_BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ResponseCounter, counter=metrics.requests, routes=API_ROUTES)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, error: APIError) -> JSONResponse:
@@ -455,7 +432,7 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, error: Exception) -> JSONResponse:
         logger.exception("unhandled error")  # the trace stays in the server log, never in the response
-        return _error_response(APIError(500, "internal server error; see the server log", type="server_error"))
+        return _error_response(_internal_error())
 
     async def require_api_key(request: Request) -> None:
         if settings.api_key is None:
@@ -484,20 +461,11 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
     @app.post("/v1/chat/completions", dependencies=[Depends(require_api_key)], response_model=None)
     async def chat_completions(body: ChatCompletionRequest) -> Response:
         started = time.perf_counter()
-        status = 500
-        response: Response | None = None
-        try:
-            response = await _complete(body, started)
-            status = response.status_code
-            return response
-        except APIError as error:
-            status = error.status
-            raise
-        finally:
-            metrics.requests.labels(status=str(status)).inc()
-            # A stream records its latency when its last event is out.
-            if status == 200 and not isinstance(response, StreamingResponse):
-                metrics.latency.observe(time.perf_counter() - started)
+        response = await _complete(body, started)
+        # A stream records its latency when its last event is out.
+        if not isinstance(response, StreamingResponse):
+            metrics.latency.observe(time.perf_counter() - started)
+        return response
 
     async def _complete(body: ChatCompletionRequest, started: float) -> Response:
         if body.model != settings.model_id:
@@ -505,10 +473,10 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
                 404, f"model {body.model!r} is not served here; this server serves {settings.model_id!r}",
                 param="model", code="model_not_found",
             )
-        if body.n != 1:
-            raise APIError(400, f"n={body.n} is not supported; send n=1 (or several requests)", param="n")
-        if body.tools:
-            raise APIError(400, "tools / function calling is not supported by this model", param="tools")
+        unsupported = unsupported_field(body)
+        if unsupported is not None:
+            param, message = unsupported
+            raise APIError(400, message, param=param)
         params = sampling_params(body, settings)
         conversation, audio_seconds = await run_in_threadpool(request_to_conversation, body, policy)
         metrics.audio_seconds.inc(audio_seconds)
@@ -518,10 +486,8 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
             reply = await asyncio.wait_for(batcher.submit(conversation, params, stop=body.stop_sequences),
                                            timeout=settings.request_timeout_s)
         except Exception as error:
-            known = _generation_error(error, settings)
-            if known is None:
-                raise
-            raise known from None
+            # An unexpected failure was logged where it happened; the client gets a plain 500.
+            raise (_generation_error(error, settings) or _internal_error()) from None
 
         text, stopped = apply_stop(reply.text, body.stop_sequences)
         completion_tokens, usage = await _usage(conversation, reply, text)
@@ -573,7 +539,7 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
                     try:
                         kind, value = await asyncio.wait_for(channel.events.get(), max(0.0, deadline - loop.time()))
                     except (asyncio.TimeoutError, TimeoutError) as error:
-                        yield _sse_error(_generation_error(error, settings) or _INTERNAL_ERROR)
+                        yield _sse_error(_generation_error(error, settings) or _internal_error())
                         yield SSE_DONE
                         return
                     if kind == "start" and not transcripts_sent:
@@ -592,7 +558,7 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
                 if not stop_filter.stopped:
                     error = future.exception()
                     if error is not None:
-                        yield _sse_error(_generation_error(error, settings) or _INTERNAL_ERROR)
+                        yield _sse_error(_generation_error(error, settings) or _internal_error())
                         yield SSE_DONE
                         return
                     reply = future.result()
@@ -617,7 +583,7 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
             finally:
                 channel.forwarding = False
                 if not future.done():
-                    future.cancel()  # drops the request if its batch has not started; a running one finishes
+                    future.cancel()  # drops the request if its batch has not started, else stops its row
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

@@ -3,6 +3,9 @@
 A request may carry audio inline only (base64 in `input_audio`, or a `data:` URL). Server-side paths and remote
 URLs are refused unless the operator enabled them (`allowed_audio_dir`, `allow_audio_urls`), because a public
 endpoint that opens any path or fetches any URL it is handed can read local files or reach internal services.
+
+The header is read before anything is decoded, and decoding is bounded: a few hundred KB of compressed silence can
+declare a huge sample rate and many channels and decode to gigabytes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,14 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from desta_audio.audio import SAMPLE_RATE, AudioError, load_audio
+
+# The duration limit bounds work only together with a bound on samples per second. 192 kHz is the top rate of studio
+# gear and 8 channels is 7.1 surround: no recording someone asks a question about needs more, so a clip may decode
+# to at most max_seconds x 192 kHz x 8 samples (the few that need more channels must be shorter), and rates above
+# 192 kHz are refused outright (an absurd rate would let a short, tiny file decode to gigabytes).
+MAX_SAMPLE_RATE = 192_000
+MAX_CHANNEL_BUDGET = 8
+_BLOCK_FRAMES = 1 << 16  # decoded and mixed to mono a block at a time, so channels never sit in memory all at once
 
 
 @dataclass(frozen=True)
@@ -52,8 +63,9 @@ def decode_audio_url(url: str, policy: AudioPolicy, label: str) -> np.ndarray:
     if scheme in ("file", ""):
         if policy.allowed_dir is None:
             raise AudioError(f"{label}: this server does not read server-side files; send the audio inline as input_audio")
-        path = Path(unquote(urlparse(url).path) if scheme == "file" else url)
-        return load_audio(_inside(path, policy.allowed_dir, label), max_seconds=policy.max_seconds, name=label)
+        path = _inside(Path(unquote(urlparse(url).path) if scheme == "file" else url), policy.allowed_dir, label)
+        _check_file_header(path, policy.max_seconds, label)
+        return load_audio(path, max_seconds=policy.max_seconds, name=label)
     raise AudioError(f"{label}: unsupported URL scheme {scheme!r}; send the audio inline as input_audio")
 
 
@@ -79,24 +91,61 @@ class _NotDecodable(Exception):
 
 
 def _decode_with_soundfile(data: bytes, max_seconds: float, label: str) -> tuple[np.ndarray, int]:
+    """(mono samples at the clip's own rate, that rate); channels are averaged, as load_audio does."""
     import soundfile as sf
 
     try:
         with sf.SoundFile(io.BytesIO(data)) as audio:
-            # Check the header's duration before decoding, so a huge clip is refused without being decoded.
-            if audio.samplerate > 0 and audio.frames > 0 and audio.frames / audio.samplerate > max_seconds:
-                raise AudioError(
-                    f"{label}: {audio.frames / audio.samplerate:.1f} s is longer than the {max_seconds:.0f} s limit"
-                )
-            samples = audio.read(dtype="float32", always_2d=True)
-            return samples, audio.samplerate
+            _check_header(audio.samplerate, audio.channels, audio.frames, max_seconds, label)
+            # A header may understate the length: stop decoding one block past what the limit allows.
+            most_frames = int(max_seconds * audio.samplerate) + _BLOCK_FRAMES
+            mono, decoded = [], 0
+            for block in audio.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
+                mono.append(block.mean(axis=1, dtype=np.float32))
+                decoded += len(block)
+                if decoded > most_frames:
+                    raise _too_long(decoded / audio.samplerate, max_seconds, label)
+            return (np.concatenate(mono) if mono else np.zeros(0, np.float32)), audio.samplerate
     except AudioError:
         raise
     except Exception as error:  # libsndfile raises several types for bad input
         raise _NotDecodable(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
 
 
+def _check_header(rate: int, channels: int, frames: int, max_seconds: float, label: str) -> None:
+    """Refuse, before decoding, a clip longer than the limit or bigger than the limit allows (see MAX_SAMPLE_RATE)."""
+    if rate > MAX_SAMPLE_RATE:
+        raise AudioError(f"{label}: the sample rate {rate} Hz is above this server's limit of {MAX_SAMPLE_RATE} Hz; "
+                         "resample the clip (16 kHz is what the model uses)")
+    if rate <= 0 or frames <= 0:
+        return  # nothing declared: decoding itself is bounded
+    if frames / rate > max_seconds:
+        raise _too_long(frames / rate, max_seconds, label)
+    most_samples = max_seconds * MAX_SAMPLE_RATE * MAX_CHANNEL_BUDGET
+    if frames * channels > most_samples:
+        raise AudioError(
+            f"{label}: {channels} channels x {frames} frames is more audio data than this server's limit of "
+            f"{most_samples:.0f} samples ({max_seconds:g} s x {MAX_SAMPLE_RATE} Hz x {MAX_CHANNEL_BUDGET} "
+            "channels); mix it down to mono or stereo")
+
+
+def _check_file_header(path: Path, max_seconds: float, label: str) -> None:
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except Exception:  # not readable by libsndfile: load_audio says why
+        return
+    _check_header(info.samplerate, info.channels, info.frames, max_seconds, label)
+
+
+def _too_long(seconds: float, max_seconds: float, label: str) -> AudioError:
+    return AudioError(f"{label}: {seconds:.1f} s is longer than the {max_seconds:g} s limit")
+
+
 def _decode_with_ffmpeg(data: bytes, fmt: str, max_seconds: float, label: str) -> np.ndarray:
+    # Bounded whatever the input declares: ffmpeg streams, mixes to mono and resamples to 16 kHz as it decodes, and
+    # stops after the limit, so its output is at most (max_seconds + 1) x 16 kHz samples.
     command = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-i", "pipe:0"]
     # Decode one second past the limit: enough to know the clip is too long without decoding all of it.
     command += ["-t", str(max_seconds + 1), "-f", "f32le", "-ac", "1", "-ar", str(SAMPLE_RATE), "pipe:1"]

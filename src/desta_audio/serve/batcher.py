@@ -22,6 +22,11 @@ batch. With any other chat function the hooks are called once per request after 
 Stop strings: a request may carry its own (OpenAI `stop`). A chat function that takes a `stop_strings` keyword
 argument (one list per conversation) gets them, so each row can stop generating once its answer holds one; requests
 with different stop strings still share a batch. Cutting the text stays the caller's job.
+
+Giving up: a chat function that takes a `stop_requested` keyword argument (one callable per conversation) can end a
+row early: the callable turns true once nobody waits for that answer (its future was cancelled: a timeout, a client
+that left) or the batcher is closing. `close()` (called as soon as the server begins shutting down) answers every
+waiting and running request with BatcherClosedError at once, so no client waits for the batch to end.
 """
 
 from __future__ import annotations
@@ -69,6 +74,9 @@ TextHook = Callable[[str], None]
 StartHook = Callable[[list[str]], None]
 STREAMING_HOOKS = ("on_text", "on_start")
 STOP_STRINGS = "stop_strings"
+STOP_REQUESTED = "stop_requested"
+# How long stop() waits for the running generate to notice it should stop (one token, normally).
+STOP_WAIT_S = 3.0
 
 
 def _names_parameters(function: Callable[..., Any], names: Sequence[str]) -> bool:
@@ -88,6 +96,11 @@ def accepts_stream_hooks(function: Callable[..., Any]) -> bool:
 def accepts_stop_strings(function: Callable[..., Any]) -> bool:
     """True when `function` names a `stop_strings` parameter (one list of stop strings per conversation)."""
     return _names_parameters(function, (STOP_STRINGS,))
+
+
+def accepts_stop_requests(function: Callable[..., Any]) -> bool:
+    """True when `function` names a `stop_requested` parameter (one callable per conversation)."""
+    return _names_parameters(function, (STOP_REQUESTED,))
 
 
 class QueueFullError(RuntimeError):
@@ -166,6 +179,7 @@ class DynamicBatcher:
         self._chat = chat
         self._chat_streams = accepts_stream_hooks(chat)
         self._chat_stops = accepts_stop_strings(chat)
+        self._chat_stop_requests = accepts_stop_requests(chat)
         self.max_batch_size = max_batch_size
         self.window_s = window_s
         self.max_queue = max_queue
@@ -178,19 +192,38 @@ class DynamicBatcher:
         self._refill_until = 0.0
         self._pending: list[_Job] = []
         self._running = 0
+        self._batch: list[_Job] = []  # the jobs being generated now
+        self._generating: concurrent.futures.Future | None = None  # their call on the worker thread
+        self._closing = False
         self._arrival: asyncio.Event | None = None
         self._collector: asyncio.Task | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: concurrent.futures.Executor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
+        self._closing = False
         self._loop = asyncio.get_running_loop()
         self._arrival = asyncio.Event()
         self._executor = model_worker()
         self._collector = asyncio.create_task(self._collect_forever(), name="desta-batcher")
 
+    def close(self) -> None:
+        """Begin shutting down (call on the batcher's event loop): refuse new requests and answer the waiting ones and
+        those in the running batch with BatcherClosedError now; the running generate stops at its next token when
+        the chat function takes `stop_requested`."""
+        self._closing = True
+        for job in [*self._pending, *self._batch]:
+            if not job.future.done():
+                job.future.set_exception(BatcherClosedError("the server is shutting down"))
+        self._pending.clear()
+
     async def stop(self) -> None:
+        self.close()
+        if self._generating is not None and not self._generating.done():
+            # The worker is a daemon thread, so the process need not wait for it; waiting a moment lets a generate
+            # that honours stop_requested end cleanly first.
+            await asyncio.wait([asyncio.wrap_future(self._generating)], timeout=STOP_WAIT_S)
         if self._collector is not None:
             self._collector.cancel()
             try:
@@ -198,10 +231,6 @@ class DynamicBatcher:
             except asyncio.CancelledError:
                 pass
             self._collector = None
-        for job in self._pending:
-            if not job.future.done():
-                job.future.set_exception(BatcherClosedError("the server is shutting down"))
-        self._pending.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -228,12 +257,15 @@ class DynamicBatcher:
     ) -> asyncio.Future:
         """Queue one conversation (call on the batcher's event loop) and return the future of its reply.
         Raises QueueFullError at once when the queue is full. Cancelling the future drops the request if it has
-        not started yet (a request already in a running batch finishes and its reply is discarded).
+        not started yet; in a running batch its row stops at the next token (with a chat function that takes
+        `stop_requested`; otherwise it finishes and its reply is discarded).
 
         on_text / on_start: streaming hooks, called on the worker thread (see the module docstring).
         stop: the request's stop strings, handed to a chat function that takes them; the reply is not cut here."""
         if self._collector is None or self._arrival is None or self._loop is None:
             raise BatcherClosedError("the batcher is not running; call start() first")
+        if self._closing:
+            raise BatcherClosedError("the server is shutting down")
         self._pending = [job for job in self._pending if not job.future.done()]
         if len(self._pending) >= self.max_queue:
             raise QueueFullError(
@@ -313,6 +345,7 @@ class DynamicBatcher:
         assert self._loop is not None
         started = self._loop.time()
         self._running = len(batch)
+        self._batch = batch
         if self._on_batch is not None:
             self._on_batch(len(batch))
         if self._on_wait is not None:
@@ -321,14 +354,18 @@ class DynamicBatcher:
         conversations = [job.conversation for job in batch]
         streams = [job.stream for job in batch]
         stops = [job.stop for job in batch]
+        unwanted = [self._unwanted(job) for job in batch]
         try:
-            outcomes = await self._loop.run_in_executor(
-                self._executor, self._generate, conversations, batch[0].params, streams, stops
-            )
+            assert self._executor is not None
+            self._generating = self._executor.submit(
+                self._generate, conversations, batch[0].params, streams, stops, unwanted)
+            outcomes = await asyncio.wrap_future(self._generating)
         except Exception as error:  # the executor itself failed (e.g. shut down): fail the whole batch
+            logger.exception("the model worker failed")
             outcomes = [error] * len(batch)
         finally:
             self._running = 0
+            self._batch = []
         ended = self._loop.time()
         self._refill_params = batch[0].params
         waiting = sum(1 for job in self._pending if job.params == self._refill_params and not job.future.done())
@@ -342,17 +379,22 @@ class DynamicBatcher:
             else:
                 job.future.set_result(outcome)
 
+    def _unwanted(self, job: _Job) -> Callable[[], bool]:
+        # Read on the worker thread: a racy read of two flags is fine, the next token reads them again.
+        return lambda: self._closing or job.future.done()
+
     def _generate(
         self,
         conversations: list[Conversation],
         params: SamplingParams,
         streams: list[_StreamRelay | None],
         stops: list[tuple[str, ...]],
+        unwanted: list[Callable[[], bool]],
     ) -> list[Any]:
         """Runs on the worker thread. One failing conversation must not fail its batch-mates, so a failed
         batch is retried one conversation at a time to find the culprit."""
         try:
-            replies = list(self._call_chat(conversations, params, streams, stops))
+            replies = list(self._call_chat(conversations, params, streams, stops, unwanted))
             if len(replies) != len(conversations):
                 raise RuntimeError(f"chat returned {len(replies)} replies for {len(conversations)} conversations")
         except Exception as error:
@@ -360,7 +402,8 @@ class DynamicBatcher:
                 logger.exception("generation failed")
                 return [error]
             logger.warning("a batch of %d failed (%s); retrying one by one", len(conversations), error)
-            return [self._generate([c], params, [s], [t])[0] for c, s, t in zip(conversations, streams, stops)]
+            return [self._generate([c], params, [s], [t], [u])[0]
+                    for c, s, t, u in zip(conversations, streams, stops, unwanted)]
         if not self._chat_streams:
             # The chat function cannot stream: hand each streaming request its whole answer now.
             for stream, reply in zip(streams, replies):
@@ -375,8 +418,11 @@ class DynamicBatcher:
         params: SamplingParams,
         streams: list[_StreamRelay | None],
         stops: list[tuple[str, ...]],
+        unwanted: list[Callable[[], bool]],
     ) -> Sequence[Any]:
         extra: dict[str, Any] = {}
+        if self._chat_stop_requests:
+            extra[STOP_REQUESTED] = unwanted
         if self._chat_stops and any(stops):
             extra[STOP_STRINGS] = [list(stop) for stop in stops]
         if self._chat_streams and any(stream is not None for stream in streams):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,6 +23,31 @@ _MODEL_HELP = "preset name (desta-tiny, desta-mini), local model folder or hub i
 
 _DEVICE_HELP = "cpu or cuda (default: cuda when available)"
 _AUDIO_CACHE_HELP = "MB of encoded clips kept for requests that send a clip again (multi-turn chats do); 0: off"
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _number(minimum: float, *, above: bool = False) -> Callable[[float], float]:
+    """An option callback: a finite number at least (or above) `minimum`, checked before the model loads."""
+    relation = "above" if above else "at least"
+
+    def check(value: float) -> float:
+        if not math.isfinite(value) or value < minimum or (above and value == minimum):
+            raise typer.BadParameter(f"must be a number {relation} {minimum:g}, got {value:g}")
+        return value
+
+    return check
+
+
+def _log_level(value: str) -> str:
+    if value.lower() not in _LOG_LEVELS:
+        raise typer.BadParameter(f"must be one of {', '.join(_LOG_LEVELS)}, got {value!r}")
+    return value.lower()
+
+
+_PORT = {"min": 1, "max": 65535}
+_COUNT = {"min": 1}
 
 
 def _check_can_listen(host: str, port: int) -> None:
@@ -61,36 +88,41 @@ def _load_model(reference: str, device: Optional[str] = None, dtype: Optional[st
 def serve(
     model: Annotated[str, typer.Option(help=_MODEL_HELP)] = "desta-tiny",
     host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 exposes it to the network)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port", **_PORT)] = 8000,
     device: Annotated[Optional[str], typer.Option(help=_DEVICE_HELP)] = None,
     dtype: Annotated[Optional[str], typer.Option(help=DTYPE_HELP)] = None,
     served_name: Annotated[Optional[str], typer.Option(help="model id clients send (default: --model)")] = None,
     api_key: Annotated[
         Optional[str], typer.Option(envvar="DESTA_API_KEY", help="require 'Authorization: Bearer KEY' (env DESTA_API_KEY)")
     ] = None,
-    max_batch: Annotated[int, typer.Option(help="most conversations in one batched generate")] = 16,
-    batch_window_ms: Annotated[float, typer.Option(help="how long the first request waits for companions")] = 15.0,
+    max_batch: Annotated[int, typer.Option(help="most conversations in one batched generate", **_COUNT)] = 16,
+    batch_window_ms: Annotated[float, typer.Option(help="how long the first request waits for companions",
+                                                   callback=_number(0))] = 15.0,
     batch_refill: Annotated[float, typer.Option(
         help="after a batch of N with M like it waiting, the next such batch waits for N+M requests, up to this "
-             "fraction of the last batch's time (clients that wait for each answer come back together); 0: off")] = 0.1,
-    max_queue: Annotated[int, typer.Option(help="waiting requests before new ones get 503")] = 64,
-    max_audio_seconds: Annotated[float, typer.Option(help="most audio per request, in seconds")] = 600.0,
-    max_request_mb: Annotated[float, typer.Option(help="largest request body, in MB")] = 25.0,
-    request_timeout: Annotated[float, typer.Option(help="seconds before a request gets 504")] = 120.0,
-    max_tokens_limit: Annotated[int, typer.Option(help="largest max_tokens a request may ask for")] = 2048,
+             "fraction of the last batch's time (clients that wait for each answer come back together); 0: off",
+        callback=_number(0))] = 0.1,
+    max_queue: Annotated[int, typer.Option(help="waiting requests before new ones get 503", **_COUNT)] = 64,
+    max_audio_seconds: Annotated[float, typer.Option(help="most audio per request, in seconds",
+                                                     callback=_number(0, above=True))] = 600.0,
+    max_request_mb: Annotated[float, typer.Option(help="largest request body, in MB",
+                                                  callback=_number(0, above=True))] = 25.0,
+    request_timeout: Annotated[float, typer.Option(help="seconds before a request gets 504",
+                                                   callback=_number(0, above=True))] = 120.0,
+    max_tokens_limit: Annotated[int, typer.Option(help="largest max_tokens a request may ask for", **_COUNT)] = 2048,
     cors_origin: Annotated[Optional[list[str]], typer.Option(help="allow browser calls from this origin (repeat)")] = None,
     allowed_audio_dir: Annotated[
         Optional[Path], typer.Option(help="let requests name audio files (file:// URLs) below this folder")
     ] = None,
     allow_audio_urls: Annotated[bool, typer.Option(help="let the server fetch http(s) audio URLs named by requests")] = False,
-    audio_cache_mb: Annotated[float, typer.Option(help=_AUDIO_CACHE_HELP)] = DEFAULT_AUDIO_CACHE_MB,
-    demo: Annotated[bool, typer.Option(help="also serve the web demo at /demo, through the same batcher")] = False,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    audio_cache_mb: Annotated[float, typer.Option(help=_AUDIO_CACHE_HELP, callback=_number(0))] = DEFAULT_AUDIO_CACHE_MB,
+    demo: Annotated[bool, typer.Option(
+        help="also serve the web demo at /demo, through the same batcher (behind a login with --api-key)")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error", callback=_log_level)] = "info",
 ) -> None:
     """Start the API: POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics."""
-    import uvicorn
-
     from desta_audio.serve.api import ServeSettings, create_app
+    from desta_audio.serve.server import run_server
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _check_can_listen(host, port)
@@ -112,36 +144,21 @@ def serve(
     )
     app = create_app(_load_model(model, device, dtype), settings)
     if demo:
-        _mount_demo(app)
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), timeout_graceful_shutdown=5)
+        from desta_audio.serve.demo import mount_demo
 
-
-def _mount_demo(app, max_new_tokens: int = 256) -> None:
-    import gradio as gr
-
-    from desta_audio.serve.batcher import SamplingParams
-    from desta_audio.serve.demo import build_demo, theme
-
-    batcher = app.state.batcher
-    params = SamplingParams(max_new_tokens=max_new_tokens)
-    timeout = app.state.settings.request_timeout_s
-
-    def answer(conversation, on_text=None, on_start=None):
-        return batcher.submit_threadsafe(conversation, params, on_text=on_text, on_start=on_start).result(
-            timeout=timeout)
-
-    gr.mount_gradio_app(app, build_demo(answer), path="/demo", theme=theme())
+        mount_demo(app)
+    run_server(app, host=host, port=port, log_level=log_level)
 
 
 @demo_app.callback(invoke_without_command=True)
 def run_demo(
     model: Annotated[str, typer.Option(help=_MODEL_HELP)] = "desta-tiny",
     host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 exposes it to the network)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port")] = 7860,
+    port: Annotated[int, typer.Option(help="TCP port", **_PORT)] = 7860,
     device: Annotated[Optional[str], typer.Option(help=_DEVICE_HELP)] = None,
     dtype: Annotated[Optional[str], typer.Option(help=DTYPE_HELP)] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="longest answer, in tokens")] = 256,
-    audio_cache_mb: Annotated[float, typer.Option(help=_AUDIO_CACHE_HELP)] = DEFAULT_AUDIO_CACHE_MB,
+    max_new_tokens: Annotated[int, typer.Option(help="longest answer, in tokens", **_COUNT)] = 256,
+    audio_cache_mb: Annotated[float, typer.Option(help=_AUDIO_CACHE_HELP, callback=_number(0))] = DEFAULT_AUDIO_CACHE_MB,
 ) -> None:
     """Start the web demo on its own (greedy answers)."""
     from desta_audio.serve.demo import build_demo, model_answer_function, theme

@@ -3,12 +3,22 @@
 `build_demo(answer)` takes the function that answers one conversation, so the same model object serves the
 demo alone (`desta demo`: `model.chat`) or next to the API (`desta serve --demo`: through the API's batcher).
 The answer streams onto the page as it is generated; the transcripts show as soon as the audio is processed.
+
+Files: the page uploads clips into Gradio's upload folder and sends their paths back. A request naming any other
+file (or a URL) is refused before Gradio copies it, in both modes, with one message whether or not the file exists:
+otherwise a caller of the demo's HTTP API could have the server read, and even serve back, any file it can open.
+Mounted next to the API with an API key set, the demo asks for that key on a login page (any user name).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
+import logging
 import os
 import queue
+import secrets
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +33,15 @@ AUDIO_PLACEHOLDER = "<|AUDIO|>"
 Conversation = list[dict[str, Any]]
 # (conversation, on_text=delta hook or None, on_start=transcripts hook or None) -> ChatReply (.text, .transcripts)
 AnswerFunction = Callable[..., Any]
+
+logger = logging.getLogger(__name__)
+NOT_UPLOADED = "An audio file was not uploaded through this page; upload it again."
+LOGIN_MESSAGE = "This server needs its API key: enter it as the password (any user name)."
+
+
+class AnswerError(Exception):
+    """A failure whose message is meant for the page (a timeout, a busy or stopping server)."""
+
 
 _INTRO = (
     "# DeSTA2.5-Audio\n"
@@ -43,6 +62,48 @@ def model_answer_function(model: Any, *, max_new_tokens: int = 256) -> AnswerFun
                              on_text=[on_text], on_start=[on_start]).result()[0]
 
     return answer
+
+
+def batcher_answer_function(batcher: Any, timeout_s: float, *, max_new_tokens: int = 256) -> AnswerFunction:
+    """Answer through the API's batcher (`desta serve --demo`), greedy, within the API's request timeout."""
+    from desta_audio.serve.batcher import BatcherClosedError, QueueFullError, SamplingParams
+
+    params = SamplingParams(max_new_tokens=max_new_tokens)
+
+    def answer(conversation: Conversation, on_text: Callable[[str], None] | None = None,
+               on_start: Callable[[list[str]], None] | None = None) -> Any:
+        future = batcher.submit_threadsafe(conversation, params, on_text=on_text, on_start=on_start)
+        try:
+            return future.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # drops the request, or ends its row of the running batch at the next token
+            raise AnswerError(f"No answer within the server's {timeout_s:g} s time limit; "
+                              "ask something shorter or try again later.") from None
+        except (QueueFullError, BatcherClosedError) as error:
+            reason = str(error)
+            raise AnswerError(f"{reason[:1].upper()}{reason[1:]}; try again later.") from None
+
+    return answer
+
+
+def mount_demo(app: Any, *, path: str = "/demo", max_new_tokens: int = 256) -> None:
+    """Serve the demo inside the API app `app` (from `create_app`), answering through its batcher."""
+    import gradio as gr
+
+    settings = app.state.settings
+    answer = batcher_answer_function(app.state.batcher, settings.request_timeout_s, max_new_tokens=max_new_tokens)
+    login = _api_key_login(settings.api_key) if settings.api_key is not None else None
+    gr.mount_gradio_app(app, build_demo(answer), path=path, theme=theme(), auth=login,
+                        auth_message=LOGIN_MESSAGE if login else None)
+
+
+def _api_key_login(api_key: str) -> Callable[[str, str], bool]:
+    """Gradio's login check: any user name, the API key as the password (the page then keeps a session cookie)."""
+
+    def login(_user: str, password: str) -> bool:
+        return secrets.compare_digest(password.encode(), api_key.encode())
+
+    return login
 
 
 def theme() -> Any:
@@ -81,9 +142,10 @@ def build_demo(answer: AnswerFunction, *, title: str = "DeSTA2.5-Audio") -> Any:
             elif kind == "text":
                 answer_text += value
             elif kind == "error":
-                if isinstance(value, AudioError):
+                if isinstance(value, (AudioError, AnswerError)):
                     raise gr.Error(str(value)) from None
-                raise value
+                logger.error("the demo's answer failed", exc_info=value)
+                raise gr.Error("Something went wrong while answering; the server log has the details.") from None
             else:  # the reply: its text is exactly the streamed text, but take it as the record
                 answer_text = value.text
                 conversation = [*asked, {"role": "assistant", "content": answer_text}]
@@ -97,7 +159,7 @@ def build_demo(answer: AnswerFunction, *, title: str = "DeSTA2.5-Audio") -> Any:
     def reset() -> tuple[Any, ...]:
         return [], [], "", "", None, None
 
-    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+    with _uploads_only_blocks()(title=title, analytics_enabled=False) as demo:
         gr.Markdown(_INTRO)
         conversation_state = gr.State([])
         with gr.Row():
@@ -119,6 +181,43 @@ def build_demo(answer: AnswerFunction, *, title: str = "DeSTA2.5-Audio") -> Any:
         question.submit(ask, inputs, outputs, api_name=False)
         clear_button.click(reset, None, outputs, api_name=False)
     return demo
+
+
+def _upload_folder() -> Path:
+    # Where Gradio stores uploads and its cache (GRADIO_TEMP_DIR moves it).
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+
+
+def _check_uploaded(value: Any, folder: Path) -> None:
+    """Raise NOT_UPLOADED for any file in an event's input that is not an existing file in the upload folder."""
+    if isinstance(value, dict):
+        path = value.get("path")
+        if isinstance(path, str):
+            resolved = Path(path).resolve() if "://" not in path else None
+            if resolved is None or not resolved.is_relative_to(folder) or not resolved.is_file():
+                import gradio as gr
+
+                raise gr.Error(NOT_UPLOADED)
+        for item in value.values():
+            _check_uploaded(item, folder)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_uploaded(item, folder)
+
+
+@functools.cache
+def _uploads_only_blocks() -> type:
+    import gradio as gr
+
+    class UploadsOnlyBlocks(gr.Blocks):
+        """Blocks that check an event's files before Gradio preprocesses them: Gradio checks them itself only in an
+        app it launched, and otherwise copies any file (or fetches any URL) it is handed into its cache."""
+
+        async def preprocess_data(self, block_fn: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
+            _check_uploaded(inputs, _upload_folder())
+            return await super().preprocess_data(block_fn, inputs, *args, **kwargs)
+
+    return UploadsOnlyBlocks
 
 
 def _answer_events(answer: AnswerFunction, conversation: Conversation) -> Iterator[tuple[str, Any]]:

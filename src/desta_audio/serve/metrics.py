@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["ServeMetrics", "CONTENT_TYPE_LATEST"]
+__all__ = ["ServeMetrics", "CONTENT_TYPE_LATEST", "ResponseCounter"]
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -19,7 +19,8 @@ class ServeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "desta_requests", "Chat completion requests by outcome (HTTP status).", ["status"], registry=self.registry
+            "desta_requests", "API requests by route and outcome (HTTP status), refused ones included.",
+            ["route", "status"], registry=self.registry,
         )
         self.latency = Histogram(
             "desta_request_latency_seconds",
@@ -55,6 +56,36 @@ class ServeMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ResponseCounter:
+    """ASGI middleware: counts each response to one of `routes` once, by route and status, whoever answered it (the
+    route, validation, authentication, the body-size limit). CORS preflights are not requests to the API. A request
+    that fails before any response is counted as the 500 the server then sends; one whose client left, not at all."""
+
+    def __init__(self, app: Any, counter: Counter, routes: tuple[str, ...]) -> None:
+        self.app, self.counter, self.routes = app, counter, routes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        route = scope.get("path")
+        if scope["type"] != "http" or route not in self.routes or scope.get("method") == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        status: int | None = None
+
+        async def send_counted(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start" and status is None:
+                status = int(message["status"])
+                self.counter.labels(route=route, status=str(status)).inc()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        except Exception:
+            if status is None:
+                self.counter.labels(route=route, status="500").inc()
+            raise
 
 
 class _AudioCacheCollector:

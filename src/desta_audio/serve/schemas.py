@@ -1,8 +1,9 @@
 """Request and response bodies of the OpenAI-compatible chat API (the subset this server implements).
 
 Unknown request fields are ignored, as OpenAI-compatible servers usually do, so that clients sending newer
-fields keep working; fields that would change the answer and are not supported (n > 1, tools) are refused
-by the API layer with a 400 that names them.
+fields keep working (user, metadata, store...). Known fields that would change the answer and are not supported
+(n > 1, tools, logprobs, JSON response formats, penalties...) are declared here so that `request_checks` can refuse
+them with a 400 that names them, instead of answering as if they had been honoured.
 """
 
 from __future__ import annotations
@@ -67,7 +68,19 @@ class ChatCompletionRequest(_Lenient):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
+    # Declared to be refused when used (see request_checks).
     tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    response_format: dict[str, Any] | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    audio: Any = None
 
     @property
     def requested_max_tokens(self) -> int | None:
