@@ -378,3 +378,10 @@ def test_the_default_answer_length_never_exceeds_the_limit():
     with running_server(create_app(fake, ServeSettings(model_id=MODEL, max_tokens_limit=100))) as url:
         client(url).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], temperature=0)
     assert fake.calls[-1]["max_new_tokens"] == 100
+
+
+def test_the_server_audio_limit_reaches_the_model():
+    model = FakeModel()
+    model.max_audio_seconds = 1200.0
+    create_app(model, ServeSettings(model_id=MODEL, max_audio_seconds=2400))
+    assert model.max_audio_seconds == 2400

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from desta_audio.cli import _register_subcommands, app
-from tests.serve.helpers import FakeModel
+from tests.serve.helpers import FakeModel, free_port
 
 
 @pytest.fixture
@@ -62,3 +62,15 @@ def test_bad_option_values_fail_before_the_model_loads(command, option, value, m
     result = CliRunner().invoke(app, [command, option, value])
     assert result.exit_code == 2 and loaded == []
     assert f"Invalid value for '{option}'" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--model", "no-such-model", "no-such-model"), ("--device", "bogus", "device 'bogus'"),
+    ("--dtype", "float13", "float13"),
+])
+def test_a_bad_model_device_or_dtype_is_one_line(command, option, value, message):
+    _register_subcommands()
+    result = CliRunner().invoke(app, [command, "--port", str(free_port()), option, value])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output

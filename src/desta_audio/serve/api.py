@@ -385,6 +385,8 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
     if hasattr(model, "enable_audio_cache"):
         model.enable_audio_cache(settings.audio_cache_mb)
         metrics.watch_audio_cache(lambda: model.audio_cache)
+    if hasattr(model, "max_audio_seconds"):  # the model re-checks decoded clips against its own limit
+        model.max_audio_seconds = settings.max_audio_seconds
     tokenizer = getattr(model, "tokenizer", None)
     policy = settings.audio_policy
     created = int(time.time())

@@ -6,7 +6,7 @@ import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 
@@ -57,31 +57,38 @@ def _check_can_listen(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
-        typer.secho(f"error: cannot listen on {host}:{port}: {error.strerror}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2) from None
+        _fail(f"cannot listen on {host}:{port}: {error.strerror}")
     family, kind, _, _, address = infos[0]
     with socket.socket(family, kind) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
         try:
             probe.bind(address)
         except OSError as error:
-            typer.secho(f"error: cannot listen on {host}:{port}: {error.strerror}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(2) from None
+            _fail(f"cannot listen on {host}:{port}: {error.strerror}")
 
 
 def _load_model(reference: str, device: Optional[str] = None, dtype: Optional[str] = None):
-    from desta_audio.modeling import DeSTAModel
+    """The model, loaded on a passing thread; a bad reference, device or dtype exits with one line (status 2)."""
+    from desta_audio.loading import ModelLoadError, resolve_device
+    from desta_audio.modeling import CheckpointError, DeSTAModel
+    from desta_audio.serve.model_thread import load_on_passing_thread
+    from desta_audio.zoo import PackagedWeightsError
 
+    logger.info("loading %s", reference)
     try:
         check_dtype_names(dtype)
     except ValueError as error:
-        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2) from None
+        _fail(str(error))
+    try:
+        resolved = resolve_device(device)
+        return load_on_passing_thread(DeSTAModel.from_pretrained, reference, device=resolved, dtype=dtype)
+    except (ModelLoadError, CheckpointError, PackagedWeightsError) as error:
+        _fail(str(error))
 
-    from desta_audio.serve.model_thread import load_on_passing_thread
 
-    logger.info("loading %s", reference)
-    return load_on_passing_thread(DeSTAModel.from_pretrained, reference, device=device, dtype=dtype)
+def _fail(message: str) -> NoReturn:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(2)
 
 
 @serve_app.callback(invoke_without_command=True)
