@@ -42,6 +42,47 @@ def make_dataset(folder: Path, count: int = 12, *, seed: int = 0, multi_turn_eve
     return path
 
 
+def add_text_only_records(records: Path, count: int) -> Path:
+    """Append `count` chats without audio to a JSONL of records; returns its path."""
+    lines = [json.dumps({"key": f"text-{index:03d}", "messages": [
+        {"role": "user", "content": f"repeat after me: {ANSWERS[index % len(ANSWERS)]}"},
+        {"role": "assistant", "content": ANSWERS[index % len(ANSWERS)]}]}) for index in range(count)]
+    with open(records, "a", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return records
+
+
+def point_at_flac(records: Path, line: int, *, truncated: bool) -> str:
+    """Point record `line` (1-based) at a FLAC copy of its clip, cut in half if `truncated`; returns its name."""
+    import soundfile as sf
+
+    rows = records.read_text().splitlines()
+    row = json.loads(rows[line - 1])
+    audio = row["messages"][0]["audios"][0]
+    wav = (records.parent / audio["audio"]).with_suffix(".wav")
+    flac = wav.with_suffix(".flac")
+    samples, rate = sf.read(wav)
+    sf.write(flac, samples.astype(np.float32), rate)
+    if truncated:
+        flac.write_bytes(flac.read_bytes()[: flac.stat().st_size // 2])
+    audio["audio"] = str(flac.relative_to(records.parent))
+    rows[line - 1] = json.dumps(row)
+    records.write_text("\n".join(rows) + "\n")
+    return flac.name
+
+
+def batch_lines(config: Any) -> list[list[int]]:
+    """The records' lines, per global batch of the first epoch (the order depends on lengths and the seed)."""
+    from desta_audio.train.recipe import Trainer
+
+    probe = Trainer(config).setup()
+    try:
+        return [[int(probe.train_records[i].where.rsplit(":", 1)[1]) for i in batch]
+                for batch in probe.sampler.batches(0)]
+    finally:
+        probe.close()
+
+
 def tiny_config(tmp_path: Path, records: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     """A raw config dict for the tiny random model; `sections` are merged into the defaults."""
     config: dict[str, Any] = {

@@ -13,7 +13,7 @@ import yaml
 
 from desta_audio.train.config import build_config
 from desta_audio.train.recipe import train
-from tests.train.helpers import make_dataset, tiny_config
+from tests.train.helpers import add_text_only_records, batch_lines, make_dataset, point_at_flac, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this python")]
 
 
-def run_two_processes(config: Path) -> None:
+def run_two_processes(config: Path, *, succeed: bool = True) -> str:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "desta_audio.train", str(config)]
     # Own session, so a hung run is killed with all its workers rather than left behind.
@@ -34,7 +34,8 @@ def run_two_processes(config: Path) -> None:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
         pytest.fail("torchrun did not finish within 300 s")
-    assert process.returncode == 0, stderr[-3000:]
+    assert (process.returncode == 0) == succeed, stderr[-3000:]
+    return stderr
 
 
 def two_process_config(tmp_path: Path, raw: dict, strategy: str, name: str = "two.yaml") -> Path:
@@ -91,3 +92,37 @@ def test_fsdp_trains_lora_on_the_sharded_llm_and_resumes(tmp_path):
     assert any("lora_B" in name and written[name].abs().sum() > 0 for name in written)  # LoRA B starts at zero
     for name, tensor in expected.items():
         torch.testing.assert_close(written[name], tensor, rtol=1e-4, atol=1e-6)
+
+
+def test_ddp_trains_the_whole_encoder(tmp_path):
+    # Taps are taken before the encoder's final LayerNorm: marked trainable, it never got a gradient and DDP
+    # stopped at the second step waiting for it.
+    data = make_dataset(tmp_path / "data", 6)
+    raw = tiny_config(tmp_path, data, encoder={"mode": "full"}, run={"max_steps": 3},
+                      optim={"lr": 1e-3, "warmup_steps": 0})
+    config = two_process_config(tmp_path, raw, "ddp")
+    run_two_processes(config)
+    assert len(train_losses(tmp_path / "run")) == 3
+    assert (tmp_path / "run" / "final" / "encoder.safetensors").exists()
+
+
+def test_ddp_trains_on_records_without_audio(tmp_path):
+    # A process whose share of a batch has no audio gives the adapter a zero gradient rather than none.
+    data = add_text_only_records(make_dataset(tmp_path / "data", 5), 5)
+    sections = dict(run={"max_steps": 3}, optim={"warmup_steps": 1})
+    single = [s.loss for s in train(build_config(tiny_config(tmp_path / "one", data, **sections))).steps]
+    raw = tiny_config(tmp_path / "two", data, **sections)
+    run_two_processes(two_process_config(tmp_path, raw, "ddp"))
+    assert train_losses(tmp_path / "two" / "run") == pytest.approx(single, rel=1e-5)
+
+
+def test_a_corrupt_clip_stops_every_process_after_checkpointing_the_steps_done(tmp_path):
+    data = make_dataset(tmp_path / "data", 6, multi_turn_every=0)
+    sections = dict(run={"max_steps": 3, "save_every": 50})
+    line = batch_lines(build_config(tiny_config(tmp_path / "probe", data, **sections)))[1][0]
+    name = point_at_flac(data, line, truncated=True)
+    stderr = run_two_processes(two_process_config(tmp_path, tiny_config(tmp_path, data, **sections), "ddp"),
+                               succeed=False)
+    assert f"records.jsonl:{line}: " in stderr and f"{name}: the file is corrupt" in stderr
+    assert "Stopped after step 1" in stderr
+    assert (tmp_path / "run" / "checkpoints" / "step-0000001" / "rng-rank1.pt").exists()

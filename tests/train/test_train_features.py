@@ -4,7 +4,8 @@ import torch
 
 from desta_audio.train.config import build_config
 from desta_audio.train.features import CacheError, FeatureCache, audio_key, encoder_fingerprint, fill_cache, open_cache
-from desta_audio.train.recipe import AudioFeatures, LossModule
+from desta_audio.train.features import AudioFeatures
+from desta_audio.train.recipe import LossModule
 from desta_audio.train.records import read_records
 from tests.tiny import tiny_model
 from tests.train.helpers import make_dataset

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from desta_audio.train.features import fill_cache, open_cache
-from desta_audio.train.recipe import AudioFeatures, LossModule
+from desta_audio.train.features import AudioFeatures
+from desta_audio.train.recipe import LossModule
 from desta_audio.train.records import parse_record
 
 

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from desta_audio.processing import IGNORE_INDEX
-from desta_audio.train.config import build_config
-from desta_audio.train.recipe import Trainer, TrainingError, configure_trainable, token_loss, train
+from desta_audio.train.config import ConfigError, build_config
+from desta_audio.train.recipe import Trainer, TrainingError, token_loss, train
 from desta_audio.train.records import read_records
+from desta_audio.train.trainable import configure_trainable
 from tests.tiny import tiny_model
-from tests.train.helpers import make_dataset, tiny_config
+from tests.train.helpers import add_text_only_records, make_dataset, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,27 @@ def test_trainable_parameters_follow_lora_encoder_and_regex_settings(tmp_path, d
     full = names(encoder={"mode": "full"}, freeze={"frozen": [r"encoder\.layers\.[0-2]\."]})
     assert any("encoder.layers.3." in n for n in full) and not any("encoder.layers.0." in n for n in full)
     assert names(freeze={"trainable": [r"llm_model\.lm_head"]})[-1].startswith("llm_model.lm_head")
-    with pytest.raises(TrainingError, match="no parameter is trainable"):
+    with pytest.raises(ConfigError, match="no parameter is trainable"):
         names(freeze={"frozen": ["."]})
+
+
+def test_parameters_no_gradient_reaches_are_never_made_trainable(tmp_path, data, caplog):
+    caplog.set_level("INFO", logger="desta_audio.train.trainable")
+
+    def names(**sections):
+        config = build_config(tiny_config(tmp_path, data, cache={"enabled": False}, **sections))
+        return configure_trainable(tiny_model(**config.model.overrides), config)
+
+    # Taps end before the encoder's final LayerNorm; the decoder only transcribes.
+    full = names(encoder={"mode": "full"})
+    assert any(".encoder.layers.3." in n for n in full)
+    assert not any(".encoder.layer_norm." in n or ".decoder." in n for n in full)
+    assert "perception.whisper.model.encoder.layer_norm (2 tensors)" in caplog.text
+    asked = names(freeze={"trainable": [r"^perception\.whisper\."]})
+    assert not any(".decoder." in n or ".layer_norm." in n for n in asked) and "model.decoder (" in caplog.text
+    # Tapping layers 0 and 1 only: layers 2 and 3 cannot matter either.
+    partial = names(encoder={"mode": "full"}, model={"overrides": {"target_layer_ids": [0, 1]}})
+    assert any(".encoder.layers.1." in n for n in partial) and not any(".encoder.layers.2." in n for n in partial)
 
 
 def test_training_lowers_the_loss_and_writes_metrics_plot_and_adapter(tmp_path, data):
@@ -137,10 +157,87 @@ def test_desta_train_command_runs_and_resumes(tmp_path, data):
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 1 + 3
 
 
-def test_starting_over_beside_an_earlier_runs_checkpoints_is_refused(tmp_path, data):
+def test_starting_over_moves_the_earlier_run_aside(tmp_path, data):
+    config = build_config(tiny_config(tmp_path, data, run={"max_steps": 2, "save_every": 1}))
+    first = _losses(config)
+    again = config.model_copy(update={"run": config.run.model_copy(update={"resume": "never"})})
+    assert _losses(again) == first  # from step 1, not resumed
+    run = tmp_path / "run"
+    earlier = run / "earlier-runs" / "1"
+    assert (earlier / "checkpoints" / "step-0000002").is_dir() and (earlier / "final").is_dir()  # nothing deleted
+    assert len((earlier / "metrics.csv").read_text().splitlines()) == len((run / "metrics.csv").read_text().splitlines())
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000001", "step-0000002"]
+
+
+def test_resuming_with_other_settings_is_refused_and_records_nothing(tmp_path, data):
     config = build_config(tiny_config(tmp_path, data, run={"max_steps": 2, "save_every": 1}))
     _losses(config)
-    again = config.model_copy(update={"run": config.run.model_copy(update={"resume": "never"})})
-    with pytest.raises(TrainingError, match="checkpoints of an earlier run"):
-        Trainer(again).setup()
-    assert (tmp_path / "run" / "checkpoints" / "step-0000002").is_dir()  # nothing deleted
+    saved = (tmp_path / "run" / "train_config.yaml").read_text()
+    changed = build_config(tiny_config(tmp_path, data, run={"max_steps": 2, "save_every": 1},
+                                       optim={"lr": 5e-3}, lora={"enabled": True}))
+    with pytest.raises(ConfigError, match=r"other settings.*lora.enabled: False -> True; optim.lr: 0.001 -> 0.005"
+                                          r".*run.output_dir, or run.resume=never"):
+        Trainer(changed).setup()
+    assert (tmp_path / "run" / "train_config.yaml").read_text() == saved
+
+
+def test_resuming_a_longer_run_records_what_changed(tmp_path, data):
+    config = build_config(tiny_config(tmp_path, data, run={"max_steps": 2, "save_every": 1}))
+    _losses(config)
+    longer = config.model_copy(update={"run": config.run.model_copy(update={"max_steps": 3, "log_every": 2})})
+    assert [s.step for s in train(longer).steps] == [3]
+    run = tmp_path / "run"
+    assert "max_steps: 3" in (run / "train_config.yaml").read_text()
+    assert (run / "config_changes.log").read_text() == ("from step 2: run.log_every: 1 -> 2\n"
+                                                        "from step 2: run.max_steps: 2 -> 3\n")
+
+
+def test_resuming_with_other_data_says_how_to_start_over(tmp_path, data):
+    records = tmp_path / "records.jsonl"
+    records.write_text(data.read_text())
+    config = build_config(tiny_config(tmp_path, records, run={"max_steps": 2, "save_every": 1},
+                                      data={"audio_root": str(data.parent)}))
+    _losses(config)
+    fewer = config.model_copy(update={"data": config.data.model_copy(update={"max_records": 5})})
+    with pytest.raises(ConfigError, match=r"data.max_records: None -> 5"):
+        Trainer(fewer).setup()
+    # The same settings over a file that has changed: found when the sampler's state is restored.
+    records.write_text("".join(data.read_text().splitlines(keepends=True)[:6]))
+    with pytest.raises(ConfigError, match=r"cannot resume from .*step-0000002: the checkpoint's sampler saw \d+ "
+                                          r"records.*use a new run.output_dir, or run.resume=never"):
+        Trainer(config).setup()
+
+
+def test_bf16_mixed_precision_trains_and_validates_on_cpu(tmp_path, data):
+    # The mel features are computed outside autocast: under it the extractor's numpy step met bfloat16 tensors.
+    raw_audio = build_config(tiny_config(tmp_path / "raw", data, run={"max_steps": 1, "precision": "bf16"}))
+    assert math.isfinite(train(raw_audio).steps[0].loss)
+    cached = build_config(tiny_config(tmp_path / "cached", data, run={"max_steps": 1, "precision": "bf16",
+                                                                      "val_every": 1},
+                                      data={"val_fraction": 0.25}, cache={"enabled": True},
+                                      validation={"generate_samples": 2, "max_new_tokens": 2}))
+    [metrics] = train(cached).validation
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_records_without_audio_train_alone_and_beside_audio(tmp_path):
+    records = add_text_only_records(make_dataset(tmp_path / "data", 6), 6)
+    config = build_config(tiny_config(tmp_path, records, run={"max_steps": 3, "val_every": 3},
+                                      data={"val_fraction": 0.3},
+                                      validation={"generate_samples": 4, "max_new_tokens": 2}))
+    trainer = Trainer(config).setup()
+    with_audio = [i for i, r in enumerate(trainer.train_records) if r.audios]
+    text_only = [i for i, r in enumerate(trainer.train_records) if not r.audios]
+    for indices in (text_only[:2], [text_only[0], with_audio[0]]):
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss, count = trainer.loss_module("train", indices)
+        loss.backward()
+        assert math.isfinite(float(loss.detach())) and count > 0
+        # Every trainable weight has a gradient (zero for the adapter without audio), as DDP requires.
+        assert all(p.grad is not None for p in trainer.parameters)
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.close()
+    assert all(math.isfinite(s.loss) for s in result.steps) and "accuracy" in result.validation[-1]
+    assert any(not r.audios for r in trainer.val_records[:4])  # answered by generation without any audio

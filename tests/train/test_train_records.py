@@ -24,11 +24,21 @@ def _write(folder, rows):
     ("not json", r"records.jsonl:2: not valid JSON"),
     ({"messages": []}, r"records.jsonl:2: needs a non-empty 'messages' list"),
     ({"messages": [USER]}, r"records.jsonl:2: the last message must be the assistant's target"),
-    ({"messages": [{**USER, "audios": ["a.wav"]}, ANSWER]}, r"records.jsonl:2: each audio must be"),
+    ({"messages": [{**USER, "audios": ["a.wav"]}, ANSWER]}, r"records.jsonl:2: message 1: each audio must be"),
     ({"messages": [{**USER, "audios": [{"audio": "gone.wav"}]}, ANSWER]},
-     r"records.jsonl:2: audio 'gone.wav' not found \(looked for .*gone.wav\)"),
+     r"records.jsonl:2: message 1: audio 'gone.wav' not found \(looked for .*gone.wav\)"),
     ({"messages": [{**USER, "audios": []}, ANSWER]}, r"records.jsonl:2: .*1 <\|AUDIO\|> locator\(s\) but 0 audio"),
     ({"key": "first", "messages": [USER, ANSWER]}, r"records.jsonl:2: duplicate record key 'first'"),
+    (["not", "an object"], r"records.jsonl:2: expected a JSON object with a 'messages' list, got a list"),
+    ({"messages": ["hello", "world"]}, r"records.jsonl:2: message 1 must be an object with a 'role' and a "
+                                        r"'content', got the string 'hello'"),
+    ({"messages": [{**USER, "audios": [{"audio": "a.wav", "text": 5}]}, ANSWER]},
+     r"records.jsonl:2: message 1: audio 'a.wav': 'text' must be the transcript as a string, or null, got a number"),
+    ({"messages": [{**USER, "audios": "a.wav"}, ANSWER]}, r"records.jsonl:2: message 1: 'audios' must be a list"),
+    ({"messages": [USER, {"role": "assistant", "content": ["a", "tone"]}]},
+     r"records.jsonl:2: message 2 \(assistant\): 'content' must be text, got a list"),
+    ({"messages": [{"role": "user", "content": {"text": "hi"}}, ANSWER]},
+     r"records.jsonl:2: message 1 \(user\): 'content' must be text, got an object"),
 ])
 def test_bad_records_name_file_line_and_fault(tmp_path, bad, message):
     path = _write(tmp_path, [{"key": "first", "messages": [USER, ANSWER]}, bad])
@@ -39,6 +49,7 @@ def test_bad_records_name_file_line_and_fault(tmp_path, bad, message):
 def test_good_records_resolve_audio_beside_the_file(tmp_path):
     [record] = read_records(_write(tmp_path, [{"key": "k", "messages": [USER, ANSWER]}]))
     assert record.audios[0].path == str(tmp_path / "a.wav") and record.target == "a tone"
+    assert record.where == record.audios[0].where == f"{tmp_path / 'records.jsonl'}:1"
 
 
 def test_desta_train_stops_on_bad_records_with_one_line_and_no_run_state(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@
         encoder.safetensors               only when the encoder was trained (LoRA or full); from_pretrained
                                           applies it too (LoRA merged)
         trainer_state.pt                  optimizer, scheduler, sampler, step (tensors and plain data only)
+        train_config.yaml                 the run's settings (a resume with other settings is refused)
         rng-rank{r}.pt                    each process's RNG streams (dropout, shuffles)
 
 A checkpoint is written into `step-N.tmp/` and renamed when complete, so a killed run leaves either a whole
@@ -136,8 +137,10 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 
 def save_checkpoint(root: str | Path, step: int, *, model: Any, trainer_state: dict[str, Any], rank: int = 0,
-                    barrier: Any = None, keep: int = 2) -> Path:
-    """Collective when distributed: every rank writes its RNG state, rank 0 the rest, then renames."""
+                    barrier: Any = None, keep: int = 2, files: dict[str, str] | None = None,
+                    rng: dict[str, Any] | None = None) -> Path:
+    """Collective when distributed: every rank writes its RNG state (`rng`, default: the current one), rank 0
+    the rest (`files`: name -> text, e.g. the config), then renames."""
     barrier = barrier or (lambda: None)
     root = Path(root)
     final = step_dir(root, step)
@@ -146,12 +149,14 @@ def save_checkpoint(root: str | Path, step: int, *, model: Any, trainer_state: d
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir(parents=True)
     barrier()
-    torch.save(rng_state(), temporary / f"rng-rank{rank}.pt")
+    torch.save(rng if rng is not None else rng_state(), temporary / f"rng-rank{rank}.pt")
     tensors = trained_tensors(model)
     barrier()
     if rank == 0:
         save_adapter(model, temporary, tensors)
         torch.save(trainer_state, temporary / STATE_FILE)
+        for name, text in (files or {}).items():
+            (temporary / name).write_text(text, encoding="utf-8")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
         _prune(root, keep)

@@ -54,6 +54,9 @@ def train(
             result = trainer.fit()
         finally:
             trainer.close()
+    except ConfigError as error:  # found once the model or the output folder is seen
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
     except TrainingError as error:
         typer.echo(f"training stopped: {error}", err=True)
         raise typer.Exit(1) from None

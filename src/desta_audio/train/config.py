@@ -7,11 +7,12 @@ weight decay 0.01, cosine schedule with 5,000 warmup steps, gradient clip 1.0, b
 from __future__ import annotations
 
 import re
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 _SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
@@ -21,8 +22,30 @@ class ConfigError(ValueError):
     """A training configuration that cannot be used, with the offending key."""
 
 
+def _kinds(annotation: Any) -> set[Any]:
+    """The plain types a field takes: `int | None` -> {int, NoneType}, `tuple[float, float]` -> {tuple}."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return set().union(*(_kinds(a) for a in get_args(annotation)))
+    return {get_origin(annotation) or annotation}
+
+
+def _has_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value))
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_types(cls, value: Any, info: ValidationInfo) -> Any:
+        """Pydantic's lax mode reads true as 1 for a number and refuses 2024 for a text field; do the reverse."""
+        kinds = _kinds(cls.model_fields[info.field_name].annotation)
+        if kinds & {int, float, tuple} and _has_bool(value):
+            raise ValueError("expected a number, got a boolean (YAML also reads yes/no/on/off as booleans)")
+        if str in kinds and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # a name or path that YAML read as a number, e.g. output_dir: 2024
+        return value
 
 
 class ModelSection(_Section):
@@ -35,6 +58,23 @@ class ModelSection(_Section):
     asr: bool = False  # transcribe audios whose record has no transcript (the release trains on record text)
     overrides: dict[str, Any] = Field(default_factory=dict)  # DeSTAConfig fields, e.g. qformer_dropout
 
+    @field_validator("overrides")
+    @classmethod
+    def _known_fields(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        if not overrides:
+            return overrides
+        import inspect
+
+        from desta_audio.config import DeSTAConfig
+
+        defaults = DeSTAConfig()
+        unknown = sorted(key for key in overrides if not hasattr(defaults, key))
+        if unknown:
+            fields = [name for name in inspect.signature(DeSTAConfig.__init__).parameters
+                      if name not in ("self", "kwargs")]
+            raise ValueError(f"unknown DeSTAConfig field(s) {', '.join(unknown)}; the fields are {', '.join(fields)}")
+        return overrides
+
 
 class LoraSection(_Section):
     """LoRA on the LLM (the release's code has it; its checkpoint does not use it)."""
@@ -43,7 +83,7 @@ class LoraSection(_Section):
     rank: int = Field(16, gt=0)
     alpha: int = Field(16, gt=0)
     dropout: float = Field(0.1, ge=0, lt=1)
-    targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
+    targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"], min_length=1)
 
 
 class EncoderSection(_Section):
@@ -62,6 +102,16 @@ class FreezeSection(_Section):
 
     trainable: list[str] = Field(default_factory=list)
     frozen: list[str] = Field(default_factory=list)
+
+    @field_validator("trainable", "frozen")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"{pattern!r} is not a valid regular expression ({error})") from None
+        return patterns
 
 
 class DataSection(_Section):
@@ -102,11 +152,25 @@ class RunSection(_Section):
     val_every: int | None = Field(500, gt=0)  # also validates at the end when a validation split exists
     save_every: int | None = Field(500, gt=0)  # also saves at the end
     keep_checkpoints: int = Field(2, gt=0)
-    resume: str = "auto"  # auto (latest checkpoint of output_dir), never, or a checkpoint folder
+    # auto: the latest checkpoint of output_dir; never: start over (an earlier run there is moved aside);
+    # or a checkpoint folder (output_dir/checkpoints/step-N)
+    resume: str = "auto"
     max_bad_steps: int = Field(3, gt=0)  # consecutive non-finite steps before giving up
     stop_after_steps: int | None = Field(None, gt=0)  # end this invocation early (the schedule is unchanged)
     tensorboard: bool = True  # when the tensorboard package is installed
     progress: bool = True
+
+    @field_validator("resume")
+    @classmethod
+    def _resume_target(cls, resume: str) -> str:
+        if resume in ("auto", "never"):
+            return resume
+        from desta_audio.train.checkpoint import STATE_FILE
+
+        if not (Path(resume) / STATE_FILE).is_file():
+            raise ValueError(f"{resume!r} is neither auto, never nor a complete checkpoint folder (a step-N folder "
+                             f"holding {STATE_FILE}, under <output_dir>/checkpoints)")
+        return resume
 
 
 class CacheSection(_Section):
@@ -156,7 +220,8 @@ class TrainConfig(_Section):
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """["optim.lr=2e-4", "lora.enabled=true"] -> nested dict; values are parsed as YAML scalars/lists."""
+    """["optim.lr=2e-4", "lora.enabled=true"] -> nested dict; values are parsed as YAML scalars/lists, except
+    that a text field (a path, a name) keeps the text as typed: run.output_dir=2024 is the folder "2024"."""
     nested: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -166,16 +231,28 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as error:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({error.problem})") from None
-        if isinstance(value, str):
+        parts = key.strip().split(".")
+        if str in _kinds(_field_annotation(parts)):
+            value = value if value is None or isinstance(value, str) else raw.strip()
+        elif isinstance(value, str):
             value = _number(value)
         target = nested
-        parts = key.strip().split(".")
         for part in parts[:-1]:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is set both as a value and as a section")
         target[parts[-1]] = value
     return nested
+
+
+def _field_annotation(parts: list[str]) -> Any:
+    """The declared type of the field a dotted key names (None for unknown keys and keys inside dict fields)."""
+    section: Any = TrainConfig
+    for part in parts:
+        if not (isinstance(section, type) and issubclass(section, BaseModel)) or part not in section.model_fields:
+            return None
+        section = section.model_fields[part].annotation
+    return section
 
 
 def _number(text: str) -> Any:
@@ -203,7 +280,7 @@ def build_config(raw: dict[str, Any], overrides: list[str] | None = None, *, sou
             where = ".".join(str(p) for p in issue["loc"]) or "(top level)"
             hint = " (unknown key: check the spelling against configs/train_tiny.yaml)" \
                 if issue["type"] == "extra_forbidden" else ""
-            problems.append(f"  {where}: {issue['msg']}{hint}")
+            problems.append(f"  {where}: {issue['msg'].removeprefix('Value error, ')}{hint}")
         raise ConfigError(f"{source}: invalid training configuration:\n" + "\n".join(problems)) from None
 
 

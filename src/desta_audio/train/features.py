@@ -25,6 +25,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from desta_audio.train.records import RecordError
+
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
@@ -210,12 +212,82 @@ def transcripts_for(model: Any, items: Sequence[Any], arrays: list[np.ndarray], 
     return model.resolve_transcripts([item.text for item in items], arrays, windows_per_item, final)
 
 
+def load_item_audio(item: Any) -> np.ndarray:
+    """A record's audio, decoded; a file that cannot be decoded is reported with the record holding it."""
+    from desta_audio.audio import AudioError, load_audio
+
+    try:
+        return load_audio(item.path)
+    except AudioError as error:
+        where = getattr(item, "where", "")
+        raise RecordError(f"{where}: {error}" if where else str(error)) from None
+
+
+class AudioFeatures:
+    """Tapped encoder states and transcripts for records' audios: from the cache where present, else encoded."""
+
+    def __init__(self, model: Any, cache: FeatureCache | None, *, encoder_trainable: bool) -> None:
+        self.model = model
+        self.cache = cache
+        self.encoder_trainable = encoder_trainable
+        self._keys: dict[tuple[str, str | None], str] = {}
+        self._loaded: dict[str, np.ndarray] = {}
+
+    def key(self, item: Any) -> str:
+        ident = (item.path, item.text)
+        if ident not in self._keys:
+            self._keys[ident] = audio_key(item.path, item.text)
+        return self._keys[ident]
+
+    def cached(self, item: Any) -> bool:
+        return self.cache is not None and self.key(item) in self.cache
+
+    def preload(self, records: Sequence[Any]) -> None:
+        """Decode the records' uncached audios now, for the next call: a bad file then stops the step before any
+        collective operation starts (see Trainer.together)."""
+        self._loaded = {item.path: load_item_audio(item) for record in records for item in record.audios
+                        if not self.cached(item)}
+
+    def __call__(self, records: Sequence[Any]) -> tuple[torch.Tensor | None, list[int], list[str]]:
+        """-> (taps (windows, taps, frames, d) in audio order, windows per audio, transcripts); no taps for
+        records without audio."""
+        from desta_audio.audio import split_windows
+
+        items = [item for record in records for item in record.audios]
+        device = self.model.device
+        parts: list[torch.Tensor | None] = [None] * len(items)
+        transcripts: list[str | None] = [None] * len(items)
+        raw: list[int] = []
+        for i, item in enumerate(items):
+            if self.cached(item):
+                cached = self.cache.get(self.key(item))
+                # A copy: the memmap is read-only (and float16 on disk).
+                parts[i] = torch.from_numpy(np.array(cached.taps, dtype=np.float32)).to(device)
+                transcripts[i] = cached.transcript
+            else:
+                raw.append(i)
+        loaded, self._loaded = self._loaded, {}
+        if raw:
+            arrays = [loaded[items[i].path] if items[i].path in loaded else load_item_audio(items[i]) for i in raw]
+            windows = [split_windows(a) for a in arrays]
+            taps, final, features = encode_taps(self.model, [w for ws in windows for w in ws],
+                                                grad=self.encoder_trainable and torch.is_grad_enabled())
+            with torch.no_grad():
+                texts = transcripts_for(self.model, [items[i] for i in raw], arrays, [len(w) for w in windows],
+                                        features, final.detach())
+            cursor = 0
+            for i, per_audio, text in zip(raw, windows, texts):
+                parts[i] = taps[cursor:cursor + len(per_audio)]
+                transcripts[i] = text
+                cursor += len(per_audio)
+        taps = torch.cat(parts) if parts else None  # type: ignore[arg-type]
+        return taps, [len(p) for p in parts], transcripts  # type: ignore[arg-type, misc]
+
+
 def fill_cache(model: Any, cache: FeatureCache, items: Sequence[Any], *, encoder_batch: int = 8,
                progress: bool = True) -> int:
     """Encode every audio (AudioItem: path, text) not yet cached. Returns how many were added."""
     from tqdm import tqdm
-
-    from desta_audio.audio import load_audio, split_windows
 
     todo: dict[str, Any] = {}
     for item in items:
@@ -226,14 +298,29 @@ def fill_cache(model: Any, cache: FeatureCache, items: Sequence[Any], *, encoder
         return 0
     log.info("feature cache %s: encoding %d audios (%.1f MB per 30 s window)", cache.directory, len(todo),
              cache.bytes_per_window / 1e6)
+    model.eval()
+    bar = tqdm(total=len(todo), desc="feature cache", unit="audio", disable=not progress, leave=False)
+    try:
+        added, full = _encode_into(model, cache, todo, encoder_batch, bar)
+    finally:  # also when a bad file stops the build: the audios encoded so far are kept
+        bar.close()
+        cache.flush()
+    if full:
+        log.warning("feature cache reached its bound (cache.max_gb); the remaining %d audios are encoded on the "
+                    "fly during training", len(todo) - added)
+    return added
+
+
+def _encode_into(model: Any, cache: FeatureCache, todo: dict[str, Any], encoder_batch: int,
+                 bar: Any) -> tuple[int, bool]:
+    """Encode and add `todo` (key -> AudioItem) in groups. Returns (how many were added, whether it got full)."""
+    from desta_audio.audio import split_windows
+
     added = 0
     keys = list(todo)
-    model.eval()
-    bar = tqdm(total=len(keys), desc="feature cache", unit="audio", disable=not progress, leave=False)
-    full = False
     for start in range(0, len(keys), encoder_batch):
         group = keys[start:start + encoder_batch]
-        arrays = [load_audio(todo[k].path) for k in group]
+        arrays = [load_item_audio(todo[k]) for k in group]
         windows = [split_windows(a) for a in arrays]
         with torch.inference_mode():
             taps, final, features = encode_taps(model, [w for ws in windows for w in ws])
@@ -242,15 +329,8 @@ def fill_cache(model: Any, cache: FeatureCache, items: Sequence[Any], *, encoder
         cursor = 0
         for key, per_audio, text in zip(group, windows, texts):
             if not cache.add(key, states[cursor:cursor + len(per_audio)], text):
-                full = True
-                break
+                return added, True
             cursor += len(per_audio)
             added += 1
         bar.update(len(group))
-        if full:
-            log.warning("feature cache reached its bound (cache.max_gb); the remaining %d audios are encoded on the "
-                        "fly during training", len(keys) - added)
-            break
-    bar.close()
-    cache.flush()
-    return added
+    return added, False

@@ -8,7 +8,6 @@ the same as one process seeing the whole global batch, whatever the split, so ru
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import math
 import os
@@ -17,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -26,25 +25,28 @@ from torch import nn
 
 from desta_audio.processing import IGNORE_INDEX
 from desta_audio.train.checkpoint import (
-    latest_checkpoint,
-    load_adapter,
     load_checkpoint,
+    rng_state,
     save_adapter,
     save_checkpoint,
+    step_dir,
     trained_tensors,
 )
-from desta_audio.train.config import TrainConfig, dump_config
-from desta_audio.train.features import (
-    FeatureCache,
-    audio_key,
-    encode_taps,
-    fill_cache,
-    open_cache,
-    transcripts_for,
-)
+from desta_audio.train.config import ConfigError, TrainConfig, dump_config
+from desta_audio.train.features import AudioFeatures, FeatureCache, fill_cache, open_cache
 from desta_audio.train.metrics import MetricsWriter, plot_loss_curve
-from desta_audio.train.records import TrainRecord, audio_seconds, held_out, read_records
+from desta_audio.train.model import build_model
+from desta_audio.train.records import RecordError, TrainRecord, audio_seconds, held_out, read_records
+from desta_audio.train.resume import (
+    CONFIG_FILE,
+    START_OVER,
+    checkpoint_to_resume,
+    config_changes,
+    move_earlier_run,
+    record_changes,
+)
 from desta_audio.train.sampler import DurationBatchSampler
+from desta_audio.train.trainable import configure_trainable
 
 log = logging.getLogger(__name__)
 
@@ -53,113 +55,14 @@ log = logging.getLogger(__name__)
 _PLAIN_HEAD_TYPES = {"llama", "qwen2", "qwen3", "mistral", "phi3"}
 
 
+FIX_RECORD = "replace the file with a readable one or drop the record"
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite losses or gradients, inconsistent data), with what to do."""
 
 
-# ----- model setup -----
-
-
-def build_model(config: TrainConfig, device: torch.device) -> Any:
-    """The DeSTA model with the recipe's LoRA settings; trainable weights in float32."""
-    overrides = dict(config.model.overrides)
-    if config.lora.enabled:
-        overrides.update(use_lora=True, lora_rank=config.lora.rank, lora_alpha=config.lora.alpha,
-                         lora_dropout=config.lora.dropout, lora_target_modules=list(config.lora.targets))
-    if config.model.factory:
-        module_name, _, function = config.model.factory.partition(":")
-        if not function:
-            raise ValueError(f"model.factory {config.model.factory!r}: expected 'package.module:function'")
-        model = getattr(importlib.import_module(module_name), function)(**config.model.factory_kwargs, **overrides)
-    else:
-        from desta_audio.modeling import DeSTAModel
-
-        dtype = config.model.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-        model = DeSTAModel.from_pretrained(config.model.base, dtype=dtype, device=str(device), asr=config.model.asr,
-                                           fresh_adapter=config.model.fresh_adapter, **overrides)
-    model.to(device)
-    if config.model.init_adapter:
-        load_adapter(model, config.model.init_adapter)
-    return model
-
-
-def configure_trainable(model: nn.Module, config: TrainConfig) -> list[str]:
-    """Encoder LoRA/unfreezing, then the default (adapter + LoRA), then the freeze regexes. Returns the names."""
-    encoder = model.perception.whisper.model.encoder
-    if config.encoder.mode == "lora":
-        from peft import LoraConfig, inject_adapter_in_model
-
-        inject_adapter_in_model(LoraConfig(r=config.encoder.lora_rank, lora_alpha=config.encoder.lora_alpha,
-                                           lora_dropout=config.encoder.lora_dropout,
-                                           target_modules=list(config.encoder.lora_targets)), encoder)
-    model.freeze_backbones()
-    trainable = [re.compile(p) for p in config.freeze.trainable]
-    if config.encoder.mode == "full":
-        trainable.append(re.compile(r"^perception\.whisper\.model\.encoder\."))
-    frozen = [re.compile(p) for p in config.freeze.frozen]
-    for name, parameter in model.named_parameters():
-        if any(p.search(name) for p in trainable):
-            parameter.requires_grad = True
-        if any(p.search(name) for p in frozen):
-            parameter.requires_grad = False
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
-    if not names:
-        raise TrainingError("no parameter is trainable: check freeze.frozen / freeze.trainable")
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad and parameter.dtype != torch.float32:
-            parameter.data = parameter.data.float()  # master weights in fp32; bf16 happens in autocast
-    return names
-
-
 # ----- audio and loss -----
-
-
-class AudioFeatures:
-    """Tapped encoder states and transcripts for records' audios: from the cache where present, else encoded."""
-
-    def __init__(self, model: Any, cache: FeatureCache | None, *, encoder_trainable: bool) -> None:
-        self.model = model
-        self.cache = cache
-        self.encoder_trainable = encoder_trainable
-        self._keys: dict[tuple[str, str | None], str] = {}
-
-    def key(self, item: Any) -> str:
-        ident = (item.path, item.text)
-        if ident not in self._keys:
-            self._keys[ident] = audio_key(item.path, item.text)
-        return self._keys[ident]
-
-    def __call__(self, records: Sequence[TrainRecord]) -> tuple[torch.Tensor, list[int], list[str]]:
-        """-> (taps (windows, taps, frames, d) in audio order, windows per audio, transcripts)."""
-        from desta_audio.audio import load_audio, split_windows
-
-        items = [item for record in records for item in record.audios]
-        device = self.model.device
-        parts: list[torch.Tensor | None] = [None] * len(items)
-        transcripts: list[str | None] = [None] * len(items)
-        raw: list[int] = []
-        for i, item in enumerate(items):
-            if self.cache is not None and self.key(item) in self.cache:
-                cached = self.cache.get(self.key(item))
-                # A copy: the memmap is read-only (and float16 on disk).
-                parts[i] = torch.from_numpy(np.array(cached.taps, dtype=np.float32)).to(device)
-                transcripts[i] = cached.transcript
-            else:
-                raw.append(i)
-        if raw:
-            arrays = [load_audio(items[i].path) for i in raw]
-            windows = [split_windows(a) for a in arrays]
-            taps, final, features = encode_taps(self.model, [w for ws in windows for w in ws],
-                                                grad=self.encoder_trainable and torch.is_grad_enabled())
-            with torch.no_grad():
-                texts = transcripts_for(self.model, [items[i] for i in raw], arrays, [len(w) for w in windows],
-                                        features, final.detach())
-            cursor = 0
-            for i, per_audio, text in zip(raw, windows, texts):
-                parts[i] = taps[cursor:cursor + len(per_audio)]
-                transcripts[i] = text
-                cursor += len(per_audio)
-        return torch.cat(parts), [len(p) for p in parts], transcripts  # type: ignore[arg-type, misc]
 
 
 def token_loss(model: Any, batch: Any, audio_tokens: torch.Tensor | None) -> tuple[torch.Tensor, int]:
@@ -190,14 +93,19 @@ class LossModule(nn.Module):
     def forward(self, split: str, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         records = [self.splits[split][i] for i in indices]
         taps, windows, transcripts = self.features(records)
-        tokens = self.model.connector(list(taps.unbind(1)))  # (windows, prompt_size, llm_hidden)
         prepared, cursor = [], 0
-        for count, text in zip(windows, transcripts):
-            prepared.append(self.model.prepared_audio(tokens[cursor:cursor + count], text))
-            cursor += count
+        if taps is not None:
+            tokens = self.model.connector(list(taps.unbind(1)))  # (windows, prompt_size, llm_hidden)
+            for count, text in zip(windows, transcripts):
+                prepared.append(self.model.prepared_audio(tokens[cursor:cursor + count], text))
+                cursor += count
         batch, audio_tokens, _ = self.model.build_batch([r.messages for r in records], for_training=True,
                                                         prepared=prepared)
         loss, count = token_loss(self.model, batch, audio_tokens)
+        if taps is None and torch.is_grad_enabled():
+            # Text only: the audio side takes no part, but DDP waits for a gradient of every trainable weight.
+            # A zero one: the same update as without it.
+            loss = loss + 0.0 * sum(p.sum() for p in self.model.perception.parameters() if p.requires_grad)
         return loss, torch.tensor(count, dtype=torch.float64)
 
 
@@ -298,6 +206,7 @@ class Trainer:
         self.model = model
         self.output_dir = Path(config.run.output_dir)
         self.step = 0
+        self.saved_step = 0  # the step of the latest checkpoint this run wrote or resumed from
 
     # ----- setup -----
 
@@ -309,6 +218,8 @@ class Trainer:
         np.random.seed(config.run.seed + self.dist.rank)
         mixed = config.run.precision == "bf16" or (config.run.precision == "auto" and self.device.type == "cuda")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if mixed else contextlib.nullcontext()
+        if not cache_only:
+            self._check_resume()  # first: a refused resume costs seconds, not a model load
         self._load_data()  # before the model: bad records fail in seconds, not after loading the weights
         if self.model is None:
             self.model = build_model(config, self.device)
@@ -347,7 +258,9 @@ class Trainer:
         self._resume()
         if self.dist.rank == 0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "train_config.yaml").write_text(dump_config(config), encoding="utf-8")
+            # Written once the run is known to apply it (a refused resume never gets here).
+            (self.output_dir / CONFIG_FILE).write_text(dump_config(config), encoding="utf-8")
+            record_changes(self.output_dir, self.step, self.config_changes)
             self.metrics = MetricsWriter(self.output_dir, resume_step=self.step if self.step else None,
                                          tensorboard=config.run.tensorboard)
         return self
@@ -383,10 +296,16 @@ class Trainer:
         config = self.config.cache
         cache = open_cache(self.model, self.config.cache_dir, dtype=config.dtype, max_gb=config.max_gb,
                            shard_windows=config.shard_windows)
-        if self.dist.rank == 0:  # one writer; the others wait, then read the finished index
-            items = [a for r in self.train_records + self.val_records for a in r.audios]
-            fill_cache(self.model, cache, items, progress=self.config.run.progress)
-        self.dist.barrier()
+        def fill() -> None:  # one writer; the others wait, then read the finished index
+            if self.dist.rank == 0:
+                items = [a for r in self.train_records + self.val_records for a in r.audios]
+                fill_cache(self.model, cache, items, progress=self.config.run.progress)
+
+        try:
+            self.together(fill)
+        except RecordError as error:
+            raise RecordError(f"{error}. Found building the feature cache (the audios encoded so far are kept): "
+                              f"{FIX_RECORD}, then run again") from None
         if self.dist.rank != 0:
             cache = open_cache(self.model, self.config.cache_dir, dtype=config.dtype, max_gb=config.max_gb,
                                shard_windows=config.shard_windows)
@@ -419,27 +338,47 @@ class Trainer:
                                     world_size=self.dist.world, bucket_pool=batching.bucket_pool, shuffle=shuffle,
                                     seed=self.config.run.seed)
 
+    def _check_resume(self) -> None:
+        """Which checkpoint this run continues, and whether its config may (run.resume=never: move the earlier
+        run aside instead)."""
+        if self.config.run.resume == "never":
+            if self.dist.rank == 0:
+                move_earlier_run(self.output_dir)
+            self.dist.barrier()
+        self.resume_from = checkpoint_to_resume(self.config)
+        self.config_changes = config_changes(self.config, self.resume_from) if self.resume_from else []
+
     def _resume(self) -> None:
-        resume = self.config.run.resume
-        if resume == "never":
-            earlier = latest_checkpoint(self.output_dir / "checkpoints")
-            if earlier is not None:
-                # Starting over beside an earlier run's checkpoints would let pruning delete the new ones and a
-                # later resume pick up the old run; refuse rather than delete anybody's checkpoints.
-                raise TrainingError(f"run.resume=never, but {self.output_dir} holds checkpoints of an earlier run "
-                                    f"({earlier.name}); use another run.output_dir or delete {earlier.parent}")
-            return
-        path = latest_checkpoint(self.output_dir / "checkpoints") if resume == "auto" else Path(resume)
+        path = self.resume_from
         if path is None:
             return
-        state = load_checkpoint(path, model=self.model, rank=self.dist.rank)
-        if state["world_size"] != self.dist.world:
-            raise TrainingError(f"{path} was saved by {state['world_size']} processes; resume with as many")
+        try:
+            state = load_checkpoint(path, model=self.model, rank=self.dist.rank)
+            if state["world_size"] != self.dist.world:
+                raise ValueError(f"it was saved by {state['world_size']} processes; resume with as many")
+            self.sampler.load_state_dict(state["sampler"])
+        except (ValueError, FileNotFoundError) as error:  # the model, data or process count differ
+            raise ConfigError(f"cannot resume from {path}: {error}; to train this setup anyway, use {START_OVER}") \
+                from None
         self._load_optimizer_state(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.step = int(state["step"])
+        self.step = self.saved_step = int(state["step"])
         log.info("resumed from %s at step %d", path, self.step)
+
+    def together(self, action: Callable[[], Any]) -> Any:
+        """Run `action` in every process; a data error in any of them stops them all (one stopping alone would
+        leave the others waiting in the next collective operation)."""
+        error: RecordError | None = None
+        result = None
+        try:
+            result = action()
+        except RecordError as caught:
+            error = caught
+        if self.dist.enabled and self.dist.sum([float(error is not None)])[0] and error is None:
+            error = RecordError("another process stopped on a data error; its message names the record")
+        if error is not None:
+            raise error
+        return result
 
     # ----- fit -----
 
@@ -456,37 +395,46 @@ class Trainer:
             stop_at = min(stop_at, self.step + config.run.stop_after_steps)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
                    disable=not config.run.progress or self.dist.rank != 0, dynamic_ncols=True)
-        while self.step < stop_at:
-            clock = time.perf_counter()
-            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
-            loss, grad_norm, samples, tokens, ok = self._train_step([next(batches)
-                                                                      for _ in range(config.optim.grad_accum)])
-            self.step += 1
-            seconds = time.perf_counter() - clock
-            if ok:
-                bad_steps = 0
-            else:
-                bad_steps += 1
-                if bad_steps >= config.run.max_bad_steps:
-                    raise TrainingError(
-                        f"{bad_steps} steps in a row had a non-finite loss or gradient (last: step {self.step}); "
-                        "the weights were left untouched. Lower optim.lr, check the data, or use run.precision=fp32")
-            result.steps.append(StepLog(self.step, loss, lr, grad_norm, samples, seconds))
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples / seconds:.1f}")
-            if self.dist.rank == 0 and (self.step % config.run.log_every == 0 or self.step == stop_at or
-                                        self.step <= 1):
-                self.metrics.write({"step": self.step, "split": "train", "epoch": self.sampler.epoch, "loss": loss,
-                                    "lr": lr, "grad_norm": grad_norm, "samples": samples,
-                                    "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
-                                    "elapsed_s": time.perf_counter() - started})
-            last = self.step == self.total_steps
-            due = bool(config.run.val_every and self.step % config.run.val_every == 0) or last
-            if due and len(self.val_records) >= self.dist.world:
-                result.validation.append(self.validate())
-            if (config.run.save_every and self.step % config.run.save_every == 0) or self.step == stop_at:
-                self.save()
-        bar.close()
+        before: dict[str, Any] | None = None
+        try:
+            while self.step < stop_at:
+                # The state before this step: what a checkpoint holds if the step stops on bad data.
+                before = {"sampler_state": self.sampler.state_dict(), "rng": rng_state()}
+                clock = time.perf_counter()
+                lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+                loss, grad_norm, samples, tokens, ok = self._train_step(
+                    [next(batches) for _ in range(config.optim.grad_accum)])
+                self.step += 1
+                before = None
+                seconds = time.perf_counter() - clock
+                if ok:
+                    bad_steps = 0
+                else:
+                    bad_steps += 1
+                    if bad_steps >= config.run.max_bad_steps:
+                        raise TrainingError(
+                            f"{bad_steps} steps in a row had a non-finite loss or gradient (last: step {self.step}); "
+                            "the weights were left untouched. Lower optim.lr, check the data, or use "
+                            "run.precision=fp32")
+                result.steps.append(StepLog(self.step, loss, lr, grad_norm, samples, seconds))
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples / seconds:.1f}")
+                if self.dist.rank == 0 and (self.step % config.run.log_every == 0 or self.step == stop_at or
+                                            self.step <= 1):
+                    self.metrics.write({"step": self.step, "split": "train", "epoch": self.sampler.epoch, "loss": loss,
+                                        "lr": lr, "grad_norm": grad_norm, "samples": samples,
+                                        "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
+                                        "elapsed_s": time.perf_counter() - started})
+                last = self.step == self.total_steps
+                due = bool(config.run.val_every and self.step % config.run.val_every == 0) or last
+                if due and len(self.val_records) >= self.dist.world:
+                    result.validation.append(self.validate())
+                if (config.run.save_every and self.step % config.run.save_every == 0) or self.step == stop_at:
+                    self.save()
+        except RecordError as error:
+            raise self._stopped_on_bad_data(error, before) from None
+        finally:
+            bar.close()
         if self.step >= self.total_steps:
             tensors = trained_tensors(self.model)  # every process: sharded LoRA weights are gathered
             if self.dist.rank == 0:
@@ -495,12 +443,25 @@ class Trainer:
         self.dist.barrier()
         return result
 
+    def _stopped_on_bad_data(self, error: RecordError, before: dict[str, Any] | None) -> RecordError:
+        """Checkpoint the last completed step (`before`: the state ahead of a step that did not complete), so
+        nothing is lost, and say how to go on."""
+        if self.step == 0:
+            return RecordError(f"{error}. Stopped before the first step: {FIX_RECORD}, then run again")
+        advice = ("replace the file with a readable one, then run the same command to resume; dropping the record "
+                  f"instead changes the data, which needs a new run: {START_OVER}")
+        if self.saved_step != self.step:
+            self.save(**(before or {}))
+        saved = step_dir(self.output_dir / "checkpoints", self.step)
+        return RecordError(f"{error}. Stopped after step {self.step}, checkpoint {saved}: {advice}")
+
     def _train_step(self, global_batches: list[list[int]]) -> tuple[float, float, int, float, bool]:
         self.wrapped.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, count, samples = 0.0, 0.0, 0
         for position, global_batch in enumerate(global_batches):
             indices = self.sampler.shard(global_batch, self.dist.rank)
+            self.together(lambda: self.features.preload([self.train_records[i] for i in indices]))
             last = position == len(global_batches) - 1
             ddp = self.dist.enabled and not self.sharded
             sync = self.wrapped.no_sync() if ddp and not last else contextlib.nullcontext()
@@ -550,8 +511,10 @@ class Trainer:
         self._val_sampler = sampler
         loss_sum, count = 0.0, 0.0
         for global_batch in sampler.batches(0):
+            indices = sampler.shard(global_batch, self.dist.rank)
+            self.together(lambda: self.features.preload([self.val_records[i] for i in indices]))
             with self.autocast:
-                micro_loss, micro_count = self.loss_module("validation", sampler.shard(global_batch, self.dist.rank))
+                micro_loss, micro_count = self.loss_module("validation", indices)
             loss_sum += float(micro_loss)
             count += float(micro_count)
         loss_sum, count = self.dist.sum([loss_sum, count])
@@ -582,11 +545,16 @@ class Trainer:
 
     # ----- checkpoints -----
 
-    def save(self) -> Path:
+    def save(self, *, sampler_state: dict[str, int] | None = None, rng: dict[str, Any] | None = None) -> Path:
+        """Checkpoint the current step; `sampler_state` and `rng` (default: the current ones) when the data
+        position and random streams have moved on since it completed."""
         state = {"optimizer": self._optimizer_state(), "scheduler": self.scheduler.state_dict(),
-                 "sampler": self.sampler.state_dict(), "step": self.step, "world_size": self.dist.world}
+                 "sampler": sampler_state or self.sampler.state_dict(), "step": self.step,
+                 "world_size": self.dist.world}
+        self.saved_step = self.step
         return save_checkpoint(self.output_dir / "checkpoints", self.step, model=self.model, trainer_state=state,
-                               rank=self.dist.rank, barrier=self.dist.barrier, keep=self.config.run.keep_checkpoints)
+                               rank=self.dist.rank, barrier=self.dist.barrier, keep=self.config.run.keep_checkpoints,
+                               files={CONFIG_FILE: dump_config(self.config)}, rng=rng)
 
     def _optimizer_state(self) -> dict[str, Any]:
         """The optimizer's state; under FSDP gathered whole (collective), so the file holds every shard."""

@@ -115,6 +115,6 @@ class DurationBatchSampler:
             raise ValueError(
                 f"the checkpoint's sampler saw {state.get('records')} records with seed {state.get('seed')}, this run "
                 f"has {len(self.durations)} with seed {self.seed}: the data or seed changed, so it cannot resume "
-                "exactly; start a new output_dir or set run.resume=never"
+                "exactly"
             )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
