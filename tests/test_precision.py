@@ -84,8 +84,8 @@ def test_names_are_checked_without_loading_anything(monkeypatch):
     precision.check_dtype_names("float32")  # an explicit --dtype wins over the environment
 
 
-@pytest.mark.parametrize("command", [["ask", "{clip}", "What is said?", "--dtype", "int8"], ["serve", "--port", "0"],
-                                     ["demo", "--port", "0"]])
+@pytest.mark.parametrize("command", [["ask", "{clip}", "What is said?", "--dtype", "int8"],
+                                     ["serve", "--port", "{port}"], ["demo", "--port", "{port}"]])
 def test_commands_refuse_a_bad_precision_in_one_line(monkeypatch, tmp_path, command):
     import numpy as np
     import soundfile as sf
@@ -99,7 +99,9 @@ def test_commands_refuse_a_bad_precision_in_one_line(monkeypatch, tmp_path, comm
     monkeypatch.setattr(DeSTAModel, "from_pretrained", lambda *a, **k: pytest.fail("the model must not be loaded"))
     clip = tmp_path / "clip.wav"
     sf.write(clip, np.zeros(1600, dtype=np.float32), 16000)
-    result = CliRunner().invoke(app, [part.format(clip=clip) for part in command])
+    from tests.serve.helpers import free_port
+
+    result = CliRunner().invoke(app, [part.format(clip=clip, port=free_port()) for part in command])
     assert result.exit_code == 2
     assert ("'int8'" if "--dtype" in command else "$DESTA_DTYPE 'double'") in result.output
     assert "Traceback" not in result.output
