@@ -18,8 +18,10 @@ Answer = Callable[[list[dict], int, float], tuple[str, str, int]]
 
 
 class ServerState:
-    def __init__(self, fail_first: int = 0, stall_first: int = 0, stall_seconds: float = 0.0, delay: float = 0.0):
+    def __init__(self, fail_first: int = 0, stall_first: int = 0, stall_seconds: float = 0.0, delay: float = 0.0,
+                 fail_after: int | None = None):
         self.fail_first = fail_first
+        self.fail_after = fail_after  # every request past this many fails (a server that went down)
         self.stall_first = stall_first
         self.stall_seconds = stall_seconds
         self.delay = delay
@@ -42,7 +44,7 @@ def make_app(answer: Answer, state: ServerState) -> FastAPI:
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
-            if number <= state.fail_first:
+            if number <= state.fail_first or (state.fail_after is not None and number > state.fail_after):
                 return JSONResponse({"error": {"message": "overloaded"}}, status_code=503)
             if number <= state.fail_first + state.stall_first:
                 await asyncio.sleep(state.stall_seconds)  # longer than the client's timeout

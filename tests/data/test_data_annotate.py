@@ -82,12 +82,13 @@ def test_espeak_controls_move_the_categories(tmp_path):
         item = SourceItem(id=path.name, dataset="t", audio=str(path),
                           transcript="The quick brown fox jumps over the lazy dog near the river bank.")
         rows[name] = annotate_item(item, annotators)
-    assert rows["quiet"]["volume"] == "Very low" and rows["loud"]["volume"] in ("High", "Very high")
-    assert rows["low"]["pitch"] == "Very low" and rows["high"]["pitch"] == "Very high"
-    assert rows["slow"]["speaking_speed"] in ("Very slow", "Slow")
-    assert rows["fast"]["speaking_speed"] == "Very fast"
+    labels = {name: row["attributes"] for name, row in rows.items()}
+    assert labels["quiet"]["Volume"] == "Very low" and labels["loud"]["Volume"] in ("High", "Very high")
+    assert labels["low"]["Pitch"] == "Very low" and labels["high"]["Pitch"] == "Very high"
+    assert labels["slow"]["Speaking speed"] in ("Very slow", "Slow")
+    assert labels["fast"]["Speaking speed"] == "Very fast"
     assert rows["quiet"]["speech_seconds"] > 1.5 and rows["quiet"]["speech_segments"]
-    assert rows["quiet"]["noise_level"] == "Very low"  # synthetic speech over digital silence
+    assert labels["quiet"]["Noise level"] == "Very low"  # synthetic speech over digital silence
 
 
 @needs_espeak
@@ -112,9 +113,32 @@ def test_source_metadata_wins_unless_overwrite(tmp_path):
     item = SourceItem(id="tone.wav", dataset="t", audio=str(path), duration=9.0, attributes={"Pitch": "High"})
     annotators = build_annotators(["duration", "pitch"])
     kept = annotate_item(item, annotators)
-    assert kept["duration"] == 9.0 and kept["pitch"] == "High" and kept["f0_median_hz"] == pytest.approx(150, rel=0.02)
+    assert kept["duration"] == 9.0 and kept["attributes"] == {"Pitch": "High"}
+    assert kept["f0_median_hz"] == pytest.approx(150, rel=0.02)
     replaced = annotate_item(item, annotators, overwrite=True)
-    assert replaced["duration"] == 1.0 and replaced["pitch"] == "Normal"
+    assert replaced["duration"] == 1.0 and replaced["attributes"] == {"Pitch": "Normal"}
+
+
+def test_annotated_rows_keep_every_attribute_for_describe(tmp_path):
+    """Attributes the default mapping does not know (or knows under another column) survive annotation."""
+    sf.write(tmp_path / "a.wav", _harmonic(150, 1.0), RATE)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"file": "a.wav", "words": "hello there", "spk_accent": "Scottish",
+                                                  "n_spk": 2, "sex": "Male"}) + "\n")  # fmt: skip
+    (tmp_path / "map.yaml").write_text("audio_column: file\ntranscript_column: words\nattributes: {sex: Gender, "
+                                       "spk_accent: Regional accent, n_spk: Number of speakers}\n")
+    (tmp_path / "plain.jsonl").write_text(json.dumps({"audio": "a.wav", "num_speakers": 1}) + "\n")
+    expected = {
+        "m.jsonl": "[00:00-00:01] hello there (Gender: Male, Regional accent: Scottish, Number of speakers: 2, "
+                   "Pitch: Normal, Duration: 1s)",
+        "plain.jsonl": "[00:00-00:01] (Number of speakers: 1, Pitch: Normal, Duration: 1s)",
+    }  # fmt: skip
+    cli = [sys.executable, "-m", "desta_audio.data.cli"]
+    for source, mapping in (("m.jsonl", ["-m", str(tmp_path / "map.yaml")]), ("plain.jsonl", [])):
+        annotated = tmp_path / f"annotated-{source}"
+        subprocess.run([*cli, "annotate", str(tmp_path / source), *mapping, "-o", str(annotated), "--annotators",
+                        "duration,pitch"], check=True, capture_output=True)  # fmt: skip
+        described = subprocess.run([*cli, "describe", str(annotated)], check=True, capture_output=True, text=True)
+        assert json.loads(described.stdout)["seed_description"] == expected[source]
 
 
 @needs_espeak
@@ -125,7 +149,8 @@ def test_cli_annotate_then_describe(tmp_path):
     subprocess.run([*cli, "annotate", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "annotated.jsonl"),
                     "--annotators", "duration,loudness,pitch,snr"], check=True, capture_output=True)  # fmt: skip
     row = json.loads((tmp_path / "annotated.jsonl").read_text())
-    assert row["id"] == "a.wav" and row["gender"] == "Female" and row["pitch"] in ("High", "Very high")
+    assert row["id"] == "a.wav" and row["attributes"]["Gender"] == "Female"
+    assert row["attributes"]["Pitch"] in ("High", "Very high")
     assert (tmp_path / "annotated.cache.sqlite").exists()
     item = next(read_source(tmp_path / "annotated.jsonl"))
     assert item.id == "a.wav" and item.audio == str(tmp_path / "a.wav")
@@ -142,6 +167,6 @@ def test_whisper_transcript_and_language(tmp_path):
     path = _espeak(tmp_path / "a.wav", text="The quick brown fox jumps over the lazy dog.")
     item = SourceItem(id="a.wav", dataset="t", audio=str(path))
     row = annotate_item(item, build_annotators(["asr", "rate"]))
-    assert row["language"] == "English"
-    assert "fox" in row["text"].lower()
-    assert row["speaking_speed"] in ("Slow", "Normal", "Fast")
+    assert row["attributes"]["Language"] == "English"
+    assert "fox" in row["transcript"].lower()
+    assert row["attributes"]["Speaking speed"] in ("Slow", "Normal", "Fast")

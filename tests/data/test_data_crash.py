@@ -9,6 +9,7 @@ import time
 from collections import Counter
 
 from desta_audio.data.store import ShardStore
+from tests.data.conftest import write_tone
 
 CLIPS = 30
 SAMPLES_PER_CLIP = 2
@@ -28,6 +29,9 @@ def _keys_and_responses(out):
 
 def test_kill_9_mid_run_then_rerun_gives_every_record_exactly_once(tmp_path, tiny_llm_dir):
     manifest = tmp_path / "clips.jsonl"
+    (tmp_path / "audio").mkdir()
+    for n in range(CLIPS):
+        write_tone(tmp_path / "audio" / f"{n:03d}.wav", 0.1)
     manifest.write_text("".join(
         json.dumps({"audio": f"audio/{n:03d}.wav", "text": f"sentence number {n}", "gender": "female",
                     "duration": 1.0 + n % 4}) + "\n" for n in range(CLIPS)))  # fmt: skip

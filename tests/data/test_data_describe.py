@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,105 @@ def test_hf_parquet_and_save_to_disk_sources(tmp_path):
     from_disk = list(read_source(tmp_path / "saved", mapping))
     assert [i.audio for i in from_disk] == [str(tmp_path / "extracted/saved/a.wav"), str(tmp_path / "extracted/saved/b.wav")]
     assert (tmp_path / "extracted/saved/a.wav").read_bytes() == (tmp_path / "a.wav").read_bytes()
+
+
+def test_tsv_quotes_are_plain_text(tmp_path):
+    (tmp_path / "cv.tsv").write_text('audio\ttext\tgender\na.wav\t"Quoted start" she said\tmale\n'
+                                     'b.wav\t"Unbalanced quote here\tfemale\nc.wav\tthird row\tmale\n')
+    items = list(read_source(tmp_path / "cv.tsv"))
+    assert [i.transcript for i in items] == ['"Quoted start" she said', '"Unbalanced quote here', "third row"]
+    assert [i.attributes["Gender"] for i in items] == ["male", "female", "male"]
+    (tmp_path / "q.csv").write_text('audio,text\na.wav,"comma, inside"\n')  # CSV keeps standard quoting
+    assert next(read_source(tmp_path / "q.csv")).transcript == "comma, inside"
+
+
+@pytest.mark.parametrize("name, text", [("m.csv", "audio,text\na.wav,hello\n"),
+                                        ("m.tsv", "audio\ttext\na.wav\thello\n"),
+                                        ("m.jsonl", '{"audio": "a.wav", "text": "hello"}\n'),
+                                        ("m.json", '[{"audio": "a.wav", "text": "hello"}]')])  # fmt: skip
+def test_utf8_byte_order_mark_is_accepted(tmp_path, name, text):
+    (tmp_path / name).write_bytes("\ufeff".encode() + text.encode())
+    assert [(i.id, i.transcript) for i in read_source(tmp_path / name)] == [("a.wav", "hello")]
+
+
+@pytest.mark.parametrize("name, text, line", [
+    ("m.csv", "audio,text\na.wav,caf\xe9\n", 2),
+    ("m.jsonl", '{"audio": "a.wav"}\n{"audio": "b.wav", "text": "caf\xe9"}\n', 2),
+    ("m.json", '[{"audio": "a.wav",\n "text": "caf\xe9"}]', 2),
+])  # fmt: skip
+def test_other_encodings_name_the_file_and_line(tmp_path, name, text, line):
+    (tmp_path / name).write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"{name}:{line} is not UTF-8 \(byte 0xe9\); save the manifest as UTF-8"):
+        list(read_source(tmp_path / name))
+
+
+def test_mapped_columns_that_no_row_has_are_an_error(tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"audio": "a.wav", "text": "hi", "sex": "F"}\n{"audio": "b.wav", "sex": "M"}\n')
+    typo = SourceMapping.model_validate({"transcript_column": "words", "attributes": {"sexx": "Gender", "sex": "Sex"}})
+    with pytest.raises(ValueError, match=r"'words' \(transcript_column\), 'sexx' \(attributes: Gender\); the rows "
+                                         r"have \['audio', 'sex', 'text'\]"):
+        list(read_source(tmp_path / "m.jsonl", typo))
+    # present in some row only: fine (an empty cell); defaults are only tried; an empty source has nothing to check
+    assert len(list(read_source(tmp_path / "m.jsonl", SourceMapping.model_validate({"attributes": {"sex": "G"}})))) == 2
+    assert len(list(read_source(tmp_path / "m.jsonl"))) == 2
+    (tmp_path / "empty.jsonl").write_text("")
+    assert list(read_source(tmp_path / "empty.jsonl", typo)) == []
+
+
+def test_mapped_attributes_also_match_rows_that_carry_them_by_name(tmp_path):
+    """A described row (named attributes, `transcript`) read again with the mapping that made it."""
+    (tmp_path / "d.jsonl").write_text(json.dumps({"audio": "a.wav", "transcript": "hi", "duration": 1,
+                                                  "attributes": {"Gender": "F"}}) + "\n")  # fmt: skip
+    mapping = SourceMapping.model_validate({"transcript_column": "words", "attributes": {"sex": "Gender"}})
+    assert next(read_source(tmp_path / "d.jsonl", mapping)).attributes == {"Gender": "F"}
+
+
+def _embedded_parquet(path, rows):
+    import datasets
+
+    table = datasets.Dataset.from_dict({"id": [r[0] for r in rows],
+                                        "audio": [{"path": r[1], "bytes": r[2]} for r in rows]})  # fmt: skip
+    table.cast_column("audio", datasets.Audio(decode=False)).to_parquet(str(path))
+
+
+def test_embedded_audio_of_the_same_name_never_shares_a_file(tmp_path, monkeypatch):
+    from tests.data.conftest import write_tone
+
+    tones = [write_tone(tmp_path / f"t{n}.wav", 0.2, 200 + 100 * n).read_bytes() for n in range(4)]
+    _embedded_parquet(tmp_path / "hf.parquet", [
+        ("s1_001", "spk1/001.wav", tones[0]), ("s2_001", "spk2/001.wav", tones[1]),  # subfolders keep them apart
+        ("a", "/orig/a/x.wav", tones[2]), ("b", "/orig/b/x.wav", tones[3]),  # absolute: only the name is kept
+        ("a_again", "/orig/c/x.wav", tones[2]),  # same bytes, same name: the same file is fine
+    ])  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(tmp_path)
+    mapping = SourceMapping(extract_audio_to="extracted")  # relative to where the command runs
+    items = list(read_source(tmp_path / "hf.parquet", mapping))
+    assert [i.id for i in items] == ["s1_001", "s2_001", "a", "b", "a_again"]
+    monkeypatch.chdir(elsewhere)  # stored paths resolve from anywhere
+    audio = {i.id: Path(i.audio) for i in items}
+    assert all(p.is_absolute() and p.exists() for p in audio.values())
+    assert audio["s1_001"] == tmp_path / "extracted/hf/spk1/001.wav" and audio["a"] == tmp_path / "extracted/hf/x.wav"
+    assert [audio[k].read_bytes() for k in ("s1_001", "s2_001", "a", "b")] == tones
+    assert audio["a_again"] == audio["a"] and audio["b"] != audio["a"]
+    monkeypatch.chdir(tmp_path)
+    assert [i.audio for i in read_source(tmp_path / "hf.parquet", mapping)] == [str(audio[i.id]) for i in items]
+
+
+def test_missing_duration_comes_from_the_audio_header(tmp_path):
+    from tests.data.conftest import write_tone
+
+    write_tone(tmp_path / "a.wav", 2.5)
+    item = SourceItem(id="a.wav", dataset="d", audio=str(tmp_path / "a.wav"), transcript="Hello")
+    assert describe(item) == "[00:00-00:03] Hello (Duration: 2.5s)"
+    missing = SourceItem(id="gone.wav", dataset="d", audio=str(tmp_path / "gone.wav"), transcript="Hello")
+    with pytest.raises(ValueError, match="'gone.wav' .* no duration in its metadata .*gone.wav: no such file"):
+        describe(missing)
+
+
+def test_multi_speaker_clip_without_clip_attributes_keeps_its_duration():
+    item = SourceItem(id="d.wav", dataset="d", audio="d.wav", duration=12.0,
+                      segments=[Segment(0.0, 3.0, "Hi.", "A"), Segment(3.0, 11.5, "Hello.", "B")])
+    assert describe(item).splitlines() == ["[00:00-00:12] (Duration: 12s)", "[00:00-00:03] A: Hi.",
+                                           "[00:03-00:12] B: Hello."]  # fmt: skip

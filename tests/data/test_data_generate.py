@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from desta_audio.data.backends import GenerationRequest, TemplateBackend, TransformersBackend
+from desta_audio.data.backends import Backend, Generation, GenerationRequest, TemplateBackend, TransformersBackend
 from desta_audio.data.generate import (
     AUDIO_SLOT,
     GenerationSettings,
@@ -85,7 +85,7 @@ def test_records_have_schema_provenance_and_load_with_datasets(speech_manifest, 
     assert record.provenance.weights_sha256 and len(record.provenance.weights_sha256) == 64
     assert record.provenance.pool_version == "1.0"
     assert record.provenance.decoding == GREEDY
-    assert record.provenance.description_format_version == "1.0"
+    assert record.provenance.description_format_version == "1.1"
     assert "Gender:" in record.seed_description
     import datasets
 
@@ -129,3 +129,63 @@ def test_run_settings_history_is_kept(speech_manifest, tmp_path):
         run_generation(read_source(speech_manifest), TemplateBackend(), tmp_path, settings, progress=False)
     history = json.loads((tmp_path / "generation.json").read_text())
     assert [h["already_done"] for h in history] == [0, 6]
+
+
+def test_rerun_with_other_record_settings_is_refused_and_history_untouched(speech_manifest, tmp_path):
+    template = GenerationSettings(target_source="template")
+    run_generation(read_source(speech_manifest), TemplateBackend(), tmp_path, template, progress=False)
+    history = (tmp_path / "generation.json").read_text()
+    with pytest.raises(ValueError, match=r"other settings \(seed: 0 -> 1\).*new output folder"):
+        run_generation(read_source(speech_manifest), TemplateBackend(), tmp_path,
+                       GenerationSettings(target_source="template", seed=1), progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="target_source: 'template' -> 'self'.*generator: 'template' -> 'scripted'"):
+        run_generation(read_source(speech_manifest), ScriptedBackend(), tmp_path, GenerationSettings(),
+                       PromptPool.load(), progress=False)  # fmt: skip
+    assert (tmp_path / "generation.json").read_text() == history
+    # Settings that only change how the work is cut up may differ.
+    again = run_generation(read_source(speech_manifest), TemplateBackend(), tmp_path,
+                           GenerationSettings(target_source="template", shard_size=2), progress=False)  # fmt: skip
+    assert again.skipped == 6
+
+
+@pytest.mark.parametrize("audio", ["missing.wav", "corrupt.wav", "empty.wav"])
+def test_missing_or_unreadable_audio_stops_the_run_before_any_record(speech_manifest, tmp_path, audio):
+    (speech_manifest.parent / "corrupt.wav").write_bytes(b"RIFF not really a wave file" * 10)
+    (speech_manifest.parent / "empty.wav").write_bytes(b"")
+    with speech_manifest.open("a") as handle:
+        handle.write(json.dumps({"audio": audio, "text": "where am I", "duration": 1.0}) + "\n")
+    with pytest.raises(ValueError, match=rf"1 clip\(s\) have missing or unreadable audio: speech/{audio}"):
+        run_generation(read_source(speech_manifest), TemplateBackend(), tmp_path / "out",
+                       GenerationSettings(target_source="template"), progress=False)  # fmt: skip
+    assert not list((tmp_path / "out" / "data").iterdir())
+
+
+def test_progress_is_reported_per_batch(backend, speech_manifest, tmp_path):
+    reported = []
+    backend.generate(_requests(7), GREEDY, progress=reported.append)
+    assert reported == [4, 3]  # batch size 4
+    recorder = ScriptedBackend()
+    run_generation(read_source(speech_manifest), recorder, tmp_path, GenerationSettings(check_language=False),
+                   PromptPool.load(), progress=False)  # fmt: skip
+    assert recorder.progress_given and recorder.calls == 1  # one shard of 6, reported as it goes
+
+
+def test_unknown_dtype_is_refused_before_loading(tiny_llm_dir):
+    with pytest.raises(ValueError, match="dtype 'foo' is not one of float32, bfloat16, float16"):
+        TransformersBackend(tiny_llm_dir, dtype="foo")
+
+
+class ScriptedBackend(Backend):
+    name = "scripted"
+    model_id = "scripted"
+
+    def __init__(self):
+        self.calls, self.progress_given = 0, False
+
+    def generate(self, requests, decoding, progress=None):
+        self.calls += 1
+        self.progress_given = progress is not None
+        for _ in requests:
+            if progress:
+                progress(1)
+        return [Generation(f"answer {n}", "stop", 2) for n in range(len(requests))]

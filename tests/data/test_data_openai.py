@@ -1,8 +1,10 @@
 """The OpenAI-compatible backend against real HTTP servers on loopback."""
 
+import socket
+
 import pytest
 
-from desta_audio.data.backends import GenerationRequest, OpenAIBackend, TransformersBackend
+from desta_audio.data.backends import BackendError, GenerationRequest, OpenAIBackend, TransformersBackend
 from desta_audio.data.generate import GenerationSettings, run_generation
 from desta_audio.data.prompts import PromptPool
 from desta_audio.data.sources import read_source
@@ -39,13 +41,31 @@ def test_retries_after_server_errors_and_timeouts():
 
 
 def test_gives_up_with_a_clear_error_when_retries_run_out():
-    import openai
-
     state = ServerState(fail_first=100)
     with serve(make_app(_echo, state)) as url:
-        with pytest.raises(openai.InternalServerError):
+        with pytest.raises(BackendError, match=f"{url} answered HTTP 503"):
             OpenAIBackend(url, "echo", concurrency=1, max_retries=1).generate(_requests(1), GREEDY)
     assert state.requests == 2
+
+
+def test_unreachable_server_is_named_and_finished_records_stay(speech_manifest, tmp_path):
+    settings = GenerationSettings(target_source="other-llm", decoding=GREEDY, shard_size=2, check_language=False)
+    state = ServerState(fail_after=4)  # goes down after two shards' worth of answers
+    with serve(make_app(_echo, state)) as url:
+        backend = OpenAIBackend(url, "echo", concurrency=1, max_retries=0)
+        with pytest.raises(BackendError, match="HTTP 503"):
+            run_generation(read_source(speech_manifest), backend, tmp_path, settings, PromptPool.load(), progress=False)
+    assert len(ShardStore(tmp_path).completed_keys()) == 4
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    with pytest.raises(BackendError, match=f"could not reach {gone}"):
+        run_generation(read_source(speech_manifest), OpenAIBackend(gone, "echo", max_retries=0), tmp_path, settings,
+                       PromptPool.load(), progress=False)  # fmt: skip
+    with serve(make_app(_echo, ServerState())) as url:
+        resumed = run_generation(read_source(speech_manifest), OpenAIBackend(url, "echo"), tmp_path, settings,
+                                 PromptPool.load(), progress=False)  # fmt: skip
+    assert resumed.skipped == 4 and resumed.kept + resumed.quarantined == 2
 
 
 @pytest.mark.integration

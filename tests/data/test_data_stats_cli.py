@@ -41,7 +41,7 @@ def test_describe_cli_writes_a_manifest_generate_accepts(speech_manifest, tmp_pa
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in described.read_text().splitlines()]
     assert rows[0]["seed_description"] == "[00:00-00:01] hello there (Gender: female, Emotion: Neutral, Duration: 0.5s)"
-    assert rows[0]["description_format_version"] == "1.0"
+    assert rows[0]["description_format_version"] == "1.1"
     result = runner.invoke(app, ["generate", str(described), "--out", str(tmp_path / "o"), "--target", "template"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in next((tmp_path / "o" / "data").glob("*.jsonl")).read_text().splitlines()]
@@ -70,3 +70,55 @@ def test_malformed_sources_end_with_one_line(tmp_path):
         result = runner.invoke(app, command)
         assert result.exit_code == 2, (command, result.output)
         assert "m.jsonl:2 is not valid JSON" in result.output and not isinstance(result.exception, ValueError)
+
+
+def test_describe_and_annotate_never_lose_the_output_file(speech_manifest, tmp_path):
+    precious = tmp_path / "precious.jsonl"
+    precious.write_text('{"keep": "me"}\n')
+    original = speech_manifest.read_text()
+    attempts = [
+        (["describe", str(speech_manifest), "-o", str(speech_manifest)], "is the source itself"),
+        (["annotate", str(speech_manifest), "-o", str(speech_manifest), "--annotators", "duration"],
+         "is the source itself"),
+        (["describe", str(tmp_path / "nosuch.jsonl"), "-o", str(precious)], "does not exist"),
+        (["describe", str(speech_manifest), "-m", str(tmp_path / "nosuch.yaml"), "-o", str(precious)], "nosuch.yaml"),
+        (["annotate", str(tmp_path / "nosuch.jsonl"), "-o", str(precious)], "does not exist"),
+    ]  # fmt: skip
+    for command, message in attempts:
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and message in result.output, (command, result.output)
+    assert speech_manifest.read_text() == original and precious.read_text() == '{"keep": "me"}\n'
+    with speech_manifest.open("a") as handle:  # a bad row after good ones: nothing half-written either
+        handle.write('{"audio": "clip0.wav", "duration": "long"}\n')
+    result = runner.invoke(app, ["describe", str(speech_manifest), "-o", str(precious)])
+    assert result.exit_code == 2 and precious.read_text() == '{"keep": "me"}\n'
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_usage_mistakes_end_with_one_line_and_exit_code_2(speech_manifest, tmp_path):
+    pool = tmp_path / "mypool.jsonl"
+    pool.write_text('{"id": "p1", "category": "open", "text": "Describe the audio."}\n')
+    for command, message in [
+        (["prompts", "--pool", str(pool)], "mypool.jsonl:1: missing ['weight']"),
+        (["generate", str(speech_manifest), "-o", str(tmp_path / "g"), "--pool", str(pool)], "missing ['weight']"),
+        (["generate", str(speech_manifest), "-o", str(tmp_path / "g"), "--dtype", "foo"], "dtype 'foo' is not one"),
+    ]:  # fmt: skip
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and message in result.output, (command, result.output)
+        assert result.output.count("\n") == 1 and "Traceback" not in result.output
+
+
+def test_unreachable_endpoint_is_a_runtime_failure_naming_the_url(speech_manifest, tmp_path, monkeypatch):
+    import socket
+    from functools import partial
+
+    from desta_audio.data import backends
+
+    monkeypatch.setattr(backends, "OpenAIBackend", partial(backends.OpenAIBackend, max_retries=0))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    result = runner.invoke(app, ["generate", str(speech_manifest), "-o", str(tmp_path / "g"), "--backend", "openai",
+                                 "--base-url", url, "--model", "m"])  # fmt: skip
+    assert result.exit_code == 1 and f"error: could not reach {url}" in result.output, result.output
+    assert "Traceback" not in result.output

@@ -212,7 +212,7 @@ def test_resume_keeps_written_clips_and_rerenders_missing_ones_identically(tmp_p
             assert path.stat().st_mtime_ns == mtime  # not rewritten
     with pytest.raises(ValueError, match="same --size and --seed"):
         build_corpus(tmp_path, size=17, seed=1, workers=1, progress=False)
-    assert not list(tmp_path.glob(".*.partial"))
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_cli_builds_and_reports(tmp_path, monkeypatch):

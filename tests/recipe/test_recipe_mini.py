@@ -2,8 +2,11 @@ import json
 
 import pytest
 
+from typer.testing import CliRunner
+
 from desta_audio.eval.ifeval import forgetting_delta
-from desta_audio.recipe import heldout, mini
+from desta_audio.recipe import heldout, mini, resume_check
+from desta_audio.recipe.cli import app
 
 ROWS = [
     {"id": "a", "audio": "a.wav", "kind": "speech", "text": "Turn left after the museum.", "language": "English",
@@ -130,8 +133,8 @@ def test_subset_is_seeded_and_written_once(tmp_path):
 def test_whole_recipe_on_desta_tiny_runs_and_resumes(tiny_corpus, tmp_path):
     """Every step for real on a tiny corpus: template targets, one training step, held-out evaluation, report."""
     (tmp_path / "corpus").symlink_to(tiny_corpus.out_dir)
-    settings = mini.RecipeSettings(out_dir=tmp_path, base="desta-tiny", clips=8, records=8, per_question=1,
-                                   instructions=2, eval_batch=8)
+    settings = mini.RecipeSettings(out_dir=tmp_path, base="desta-tiny", corpus_size=40, seed=7, clips=8, records=8,
+                                   per_question=1, instructions=2, eval_batch=8)  # the corpus was built so
     lines = []
     report = mini.run_recipe(settings, ["template"], progress=False, echo=lines.append)
     assert [line.split(":")[0] for line in lines][:2] == ["[1/6] corpus", "[2/6] training subset"]
@@ -162,3 +165,56 @@ def test_exported_adapter_is_bfloat16_with_its_config(tmp_path):
     exported = load_file(str(out / "model.safetensors"))["perception.connector.query"]
     assert exported.dtype == torch.bfloat16 and torch.equal(exported, weight.to(torch.bfloat16))
     assert (out / "config.json").read_text() == '{"model_type": "desta25"}'
+
+
+def test_rerun_with_other_settings_is_refused_before_any_step(tmp_path):
+    first = mini.RecipeSettings(out_dir=tmp_path, corpus_size=20, seed=0)
+    resume_check.check_settings(tmp_path, {k: v for k, v in vars(first).items() if k != "out_dir"})
+    lines = []
+    with pytest.raises(ValueError, match="clips: 1100 -> 50"):
+        mini.run_recipe(mini.RecipeSettings(out_dir=tmp_path, corpus_size=20, clips=50), echo=lines.append)
+    assert lines == []  # refused before the corpus step
+    result = CliRunner().invoke(app, ["mini", str(tmp_path), "--corpus-size", "30", "--seed", "1", "--records", "9"])
+    assert result.exit_code == 1, result.output
+    assert ("other settings (--corpus-size: 20 -> 30; --records: 768 -> 9; --seed: 0 -> 1); rerun with --corpus-size "
+            "20 --records 768 --seed 0 to resume it, or start over in a new OUT_DIR") in " ".join(result.output.split())
+
+
+def test_the_records_budget_of_a_folder_is_fixed_once_training_starts(tmp_path):
+    resume_check.check_budget(tmp_path, 768, {"template": 900})
+    resume_check.check_budget(tmp_path, 768, {"template": 900, "self": 800})
+    with pytest.raises(ValueError, match="train on 768 records each.*gives 500; rerun with the earlier --source"):
+        resume_check.check_budget(tmp_path, 500, {"template": 900, "other-llm": 500})
+
+
+def test_a_corpus_built_with_other_settings_is_not_reused(tmp_path):
+    from desta_audio.recipe.corpus import check_build_settings
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    check_build_settings(corpus, 40, 7)
+    (corpus / "corpus.json").write_text("{}")
+    mini.build_corpus_step(mini.RecipeSettings(out_dir=tmp_path, corpus_size=40, seed=7))  # the same: reused
+    with pytest.raises(ValueError, match="give --corpus-size and --seed as built, or start over in a new OUT_DIR"):
+        mini.build_corpus_step(mini.RecipeSettings(out_dir=tmp_path, corpus_size=3500, seed=0))
+
+
+def test_a_refused_training_resume_speaks_of_the_recipe(tmp_path, monkeypatch):
+    from desta_audio.train import recipe as train_recipe
+    from desta_audio.train import resume
+    from desta_audio.train.config import ConfigError
+
+    class RefusingTrainer:
+        def __init__(self, config):
+            pass
+
+        def setup(self):
+            raise ConfigError(f"step-5 belongs to a run with other settings: optim.lr: 0.1 -> 0.2. Keep the run's "
+                              f"settings to resume it, or use {resume.START_OVER}")  # fmt: skip
+
+    monkeypatch.setattr(train_recipe, "Trainer", RefusingTrainer)
+    with pytest.raises(ValueError) as refused:
+        mini.train_step(mini.RecipeSettings(out_dir=tmp_path), "self", 8, progress=False)
+    message = str(refused.value)
+    assert message.startswith("training the self adapter: step-5 belongs to a run with other settings: optim.lr")
+    assert "run.output_dir" not in message and "start over in a new OUT_DIR (or delete" in message

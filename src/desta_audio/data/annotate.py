@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from desta_audio.audio import SAMPLE_RATE, load_audio
-from desta_audio.data.sources import SourceItem
+from desta_audio.data.sources import DEFAULT_ATTRIBUTES, SourceItem
 
 logger = logging.getLogger(__name__)
 
@@ -323,27 +323,24 @@ class AnnotationCache:
         self._db.commit()
 
 
-# Annotation field -> the source column that `read_source`'s default mapping turns into an attribute.
-_SOURCE_FIELDS = {"text": "text", "duration": "duration"}
+# Annotation fields that are description attributes, named as the default mapping names them (in its order).
+_ATTRIBUTE_FIELDS = {column: name for column, name in DEFAULT_ATTRIBUTES.items()
+                     if column in ("pitch", "volume", "speaking_speed", "language", "noise_level")}  # fmt: skip
+# Annotation fields with a place of their own in a `describe`-shaped row.
+_ROW_FIELDS = {"text": "transcript", "duration": "duration"}
 
 
 def annotate_item(
     item: SourceItem, annotators: Sequence[Annotator], cache: AnnotationCache | None = None, overwrite: bool = False
 ) -> dict[str, Any]:
-    """A manifest row for the clip: its metadata plus every annotation (source metadata wins unless overwrite)."""
-    row: dict[str, Any] = {"audio": item.audio, "id": item.id, "dataset": item.dataset, "kind": item.kind}
-    if item.transcript:
-        row["text"] = item.transcript
-    if item.caption:
-        row["caption"] = item.caption
-    if item.duration is not None:
-        row["duration"] = item.duration
-    if item.segments:
-        row["segments"] = [vars(s) for s in item.segments]
-    existing = {name.lower().replace(" ", "_"): value for name, value in item.attributes.items()}
-    row.update(existing)
+    """A manifest row for the clip in the shape `describe` writes, so every attribute survives by name whatever
+    mapping reads it next: the source's attributes plus those annotated (source metadata wins unless overwrite)
+    in `attributes`, and each annotator's measurements (`volume_dbfs`, `speech_segments`...) as columns."""
+    row = item.to_row()
+    attributes: dict[str, str] = row["attributes"]
+    annotated: dict[str, Any] = {}
     audio: np.ndarray | None = None
-    fields = dict(row)
+    fields: dict[str, Any] = {"text": item.transcript, "duration": item.duration}  # what later annotators read
     for annotator in annotators:
         result = cache.get(item.audio, annotator) if cache else None
         if result is None:
@@ -352,8 +349,15 @@ def annotate_item(
             result = annotator(Clip(audio, fields))
             if cache:
                 cache.put(item.audio, annotator, result)
-        for key, value in result.items():
-            if overwrite or key not in row or row[key] in (None, ""):
-                row[key] = value
-        fields.update({k: v for k, v in result.items() if k not in fields or overwrite or not fields[k]})
+        annotated.update(result)
+        fields.update({k: v for k, v in result.items() if overwrite or fields.get(k) in (None, "")})
+    for key, value in annotated.items():
+        if key in _ROW_FIELDS:
+            if overwrite or row[_ROW_FIELDS[key]] in (None, ""):
+                row[_ROW_FIELDS[key]] = value
+        elif key not in _ATTRIBUTE_FIELDS:
+            row[key] = value
+    for key, name in _ATTRIBUTE_FIELDS.items():
+        if annotated.get(key) is not None and (overwrite or name not in attributes):
+            attributes[name] = annotated[key]
     return row

@@ -14,6 +14,7 @@ import abc
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,14 @@ logger = logging.getLogger(__name__)
 PACKAGED_LLMS = ("smollm2-135m-instruct", "qwen2.5-0.5b-instruct")
 # End-of-turn tokens of common chat templates: generation must stop there, not only at the tokenizer's eos.
 _END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<end_of_turn>")
+DTYPES = ("float32", "bfloat16", "float16")
+
+# Called with the number of requests just answered, so a caller can show progress within one call.
+Progress = Callable[[int], None] | None
+
+
+class BackendError(RuntimeError):
+    """The generator could not answer (an endpoint unreachable or refusing); records already stored stay."""
 
 
 @dataclass
@@ -50,8 +59,9 @@ class Backend(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def generate(self, requests: list[GenerationRequest], decoding: Decoding) -> list[Generation]:
-        """One answer per request, in request order."""
+    def generate(self, requests: list[GenerationRequest], decoding: Decoding, progress: Progress = None
+                 ) -> list[Generation]:
+        """One answer per request, in request order; `progress(n)` after each n answered."""
 
 
 def resolve_llm(model: str | Path) -> Path:
@@ -91,6 +101,8 @@ class TransformersBackend(Backend):
         dtype: str = "float32",
         model_id: str | None = None,
     ):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -130,7 +142,8 @@ class TransformersBackend(Backend):
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def generate(self, requests: list[GenerationRequest], decoding: Decoding) -> list[Generation]:
+    def generate(self, requests: list[GenerationRequest], decoding: Decoding, progress: Progress = None
+                 ) -> list[Generation]:
         encoded = [self.encode(r.messages) for r in requests]
         # Longest first: similar lengths share a batch (little padding), and an out-of-memory shows up at once.
         order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
@@ -140,6 +153,8 @@ class TransformersBackend(Backend):
             outputs = self._generate_batch([encoded[i] for i in batch], requests[batch[0]].seed, decoding)
             for index, output in zip(batch, outputs):
                 results[index] = output
+            if progress:
+                progress(len(batch))
         return results  # type: ignore[return-value]
 
     def _generate_batch(self, prompts: list[list[int]], seed: int, decoding: Decoding) -> list[Generation]:
@@ -197,10 +212,21 @@ class OpenAIBackend(Backend):
         self.timeout = timeout
         self.max_retries = max_retries
 
-    def generate(self, requests: list[GenerationRequest], decoding: Decoding) -> list[Generation]:
-        return asyncio.run(self._generate_all(requests, decoding))
+    def generate(self, requests: list[GenerationRequest], decoding: Decoding, progress: Progress = None
+                 ) -> list[Generation]:
+        import openai
 
-    async def _generate_all(self, requests: list[GenerationRequest], decoding: Decoding) -> list[Generation]:
+        try:
+            return asyncio.run(self._generate_all(requests, decoding, progress))
+        except openai.APIConnectionError as error:  # timeouts included, once the retries are spent
+            raise BackendError(f"could not reach {self.base_url} ({error}) after {self.max_retries} retries; check "
+                               "--base-url and that the server is up, then rerun to resume") from error
+        except openai.APIStatusError as error:
+            raise BackendError(f"{self.base_url} answered HTTP {error.status_code} ({error.message}); rerun to "
+                               "resume once the server accepts requests") from error
+
+    async def _generate_all(self, requests: list[GenerationRequest], decoding: Decoding, progress: Progress
+                            ) -> list[Generation]:
         from openai import AsyncOpenAI
 
         # The client retries 408/409/429/5xx, timeouts and dropped connections with exponential backoff + jitter.
@@ -208,9 +234,10 @@ class OpenAIBackend(Backend):
             base_url=self.base_url, api_key=self.api_key, timeout=self.timeout, max_retries=self.max_retries
         ) as client:
             limit = asyncio.Semaphore(self.concurrency)
-            return await asyncio.gather(*(self._one(client, limit, r, decoding) for r in requests))
+            return await asyncio.gather(*(self._one(client, limit, r, decoding, progress) for r in requests))
 
-    async def _one(self, client: Any, limit: asyncio.Semaphore, request: GenerationRequest, decoding: Decoding):
+    async def _one(self, client: Any, limit: asyncio.Semaphore, request: GenerationRequest, decoding: Decoding,
+                   progress: Progress):
         messages = [{"role": m["role"], "content": m["content"]} for m in request.messages]
         async with limit:
             response = await client.chat.completions.create(
@@ -223,6 +250,8 @@ class OpenAIBackend(Backend):
             )
         choice = response.choices[0]
         tokens = response.usage.completion_tokens if response.usage else None
+        if progress:
+            progress(1)
         return Generation((choice.message.content or "").strip(), choice.finish_reason or "stop", tokens)
 
 
@@ -237,7 +266,8 @@ class RemoteBackendInfo(Backend):
     def weights_sha256(self) -> str | None:
         return self._sha
 
-    def generate(self, requests: list[GenerationRequest], decoding: Decoding) -> list[Generation]:
+    def generate(self, requests: list[GenerationRequest], decoding: Decoding, progress: Progress = None
+                 ) -> list[Generation]:
         raise RuntimeError(f"{self.name} generation runs on remote workers; this object only describes it")
 
 
@@ -247,8 +277,11 @@ class TemplateBackend(Backend):
     name = "template"
     model_id = "template"
 
-    def generate(self, requests: list[GenerationRequest], decoding: Decoding) -> list[Generation]:
+    def generate(self, requests: list[GenerationRequest], decoding: Decoding, progress: Progress = None
+                 ) -> list[Generation]:
         missing = [i for i, r in enumerate(requests) if r.template_answer is None]
         if missing:
             raise ValueError(f"requests {missing[:5]} have no template answer; plan them with target_source='template'")
+        if progress:
+            progress(len(requests))
         return [Generation(r.template_answer or "", "stop", None) for r in requests]

@@ -23,15 +23,21 @@ MappingOption = Annotated[
 
 
 def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Unreadable sources, malformed rows and missing files end the command with their message, not a traceback."""
+    """User mistakes (unreadable sources, malformed rows, missing files, bad options) end the command with their
+    message and exit code 2; failures of the run itself (an unreachable endpoint, a full disk) with exit code 1."""
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
+        from desta_audio.data.backends import BackendError
+
         try:
             return command(*args, **kwargs)
         except (FileNotFoundError, ValueError) as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None
+        except (BackendError, OSError) as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
 
     return run
 
@@ -46,6 +52,11 @@ def _items(source: Path, mapping: Path | None):
     return read_source(source, SourceMapping.from_yaml(mapping) if mapping else None)
 
 
+def _refuse_overwriting_source(source: Path, out: Path) -> None:
+    if out.exists() and source.exists() and os.path.samefile(source, out):
+        raise ValueError(f"--out {out} is the source itself; write somewhere else")
+
+
 @app.command()
 @_one_line_errors
 def describe(
@@ -56,21 +67,22 @@ def describe(
     """Metadata -> seed descriptions; writes a manifest that `generate` accepts as is."""
     from desta_audio.data.describe import DESCRIPTION_FORMAT_VERSION
     from desta_audio.data.describe import describe as describe_item
+    from desta_audio.data.store import atomic_writer
 
-    handle = out.open("w", encoding="utf-8") if out else sys.stdout
-    count = 0
-    try:
-        for item in _items(source, mapping):
-            row = item.to_row()
-            row["seed_description"] = describe_item(item)
-            row["description_format_version"] = DESCRIPTION_FORMAT_VERSION
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
-    finally:
-        if out:
-            handle.close()
     if out:
-        typer.echo(f"{count} descriptions -> {out}", err=True)
+        _refuse_overwriting_source(source, out)
+    lines = []  # every row read and described before anything is written: a bad source leaves --out untouched
+    for item in list(_items(source, mapping)):
+        row = item.to_row()
+        row["seed_description"] = describe_item(item)
+        row["description_format_version"] = DESCRIPTION_FORMAT_VERSION
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    if not out:
+        sys.stdout.writelines(lines)
+        return
+    with atomic_writer(out) as handle:
+        handle.writelines(lines)
+    typer.echo(f"{len(lines)} descriptions -> {out}", err=True)
 
 
 @app.command()
@@ -87,15 +99,20 @@ def annotate(
     overwrite: Annotated[bool, typer.Option(help="Replace metadata the source already has.")] = False,
     verbose: bool = False,
 ) -> None:
-    """Label audio that lacks metadata (duration, speech segments, transcript, volume, pitch, speed, noise)."""
+    """Label audio that lacks metadata (duration, speech segments, transcript, volume, pitch, speed, noise).
+
+    --out is replaced only once every clip is annotated; an interrupted run loses nothing (the cache keeps the
+    annotations made, so a rerun continues where it stopped)."""
     from tqdm.auto import tqdm
 
     from desta_audio.data.annotate import AnnotationCache, annotate_item, build_annotators
+    from desta_audio.data.store import atomic_writer
 
     _setup_logging(verbose)
+    _refuse_overwriting_source(source, out)
     chosen = build_annotators([a.strip() for a in annotators.split(",") if a.strip()], whisper=whisper)
     items = list(_items(source, mapping))
-    with AnnotationCache(cache or out.with_suffix(".cache.sqlite")) as store, out.open("w", encoding="utf-8") as handle:
+    with AnnotationCache(cache or out.with_suffix(".cache.sqlite")) as store, atomic_writer(out) as handle:
         for item in tqdm(items, desc="annotating", unit="clip"):
             row = annotate_item(item, chosen, store, overwrite=overwrite)
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -190,6 +207,7 @@ def generate(
     from desta_audio.data.store import Decoding
 
     _setup_logging(verbose)
+    _refuse_overwriting_source(source, out)
     settings = GenerationSettings(
         target_source=target,
         system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT,

@@ -4,17 +4,20 @@
     [00:00-00:10] (Plastic crinkling as people talk)
     [00:00-00:03] Alice: Hi there. (Emotion: Happy)        <- one line per segment for multi-speaker audio
 
-Deterministic: the same item always gives the same text. Any change to the output for an existing input must bump
-`DESCRIPTION_FORMAT_VERSION`, which every generated record carries.
+Deterministic: the same item (and audio file) always gives the same text. A clip whose metadata lacks a duration
+takes it from its audio file's header, since every line opens with a time span. Any change to the output for an
+existing input must bump `DESCRIPTION_FORMAT_VERSION`, which every generated record carries.
 """
 
 from __future__ import annotations
 
 import math
 
+from desta_audio.data.audio_files import UnusableAudio, audio_duration
 from desta_audio.data.sources import Segment, SourceItem
 
-DESCRIPTION_FORMAT_VERSION = "1.0"
+# 1.1: a missing duration is read from the audio header (was 00:00); a multi-speaker clip keeps its Duration.
+DESCRIPTION_FORMAT_VERSION = "1.1"
 
 
 def format_timestamp(seconds: float, round_up: bool = False) -> str:
@@ -33,13 +36,20 @@ def describe(item: SourceItem) -> str:
     """The seed description of one clip (a precomputed `item.seed_description` wins)."""
     if item.seed_description:
         return item.seed_description
+    duration = item.duration if item.duration is not None else _measured_duration(item)
     if item.segments:
-        return _describe_segments(item)
-    end = item.duration if item.duration is not None else 0.0
+        return _describe_segments(item, duration)
     attributes = dict(item.attributes)
-    if item.duration is not None:
-        attributes["Duration"] = format_duration(item.duration)
-    return _line(0.0, end, _spoken(item), item.caption, attributes)
+    attributes["Duration"] = format_duration(duration)
+    return _line(0.0, duration, _spoken(item), item.caption, attributes)
+
+
+def _measured_duration(item: SourceItem) -> float:
+    try:
+        return audio_duration(item.audio)
+    except UnusableAudio as error:
+        raise UnusableAudio(f"clip {item.id!r} ({item.dataset}) has no duration in its metadata and its audio "
+                            f"cannot tell: {error}") from None
 
 
 def _spoken(item: SourceItem) -> str | None:
@@ -47,15 +57,11 @@ def _spoken(item: SourceItem) -> str | None:
     return item.transcript
 
 
-def _describe_segments(item: SourceItem) -> str:
-    lines = []
+def _describe_segments(item: SourceItem, duration: float) -> str:
+    # Clip-level facts (number of speakers, noise, a caption, the duration) get their own line spanning the clip.
     clip_attributes = dict(item.attributes)
-    if clip_attributes or item.caption:
-        # Clip-level facts (number of speakers, noise, a caption) get their own line spanning the whole clip.
-        end = item.duration if item.duration is not None else max(s.end for s in item.segments)
-        if item.duration is not None:
-            clip_attributes["Duration"] = format_duration(item.duration)
-        lines.append(_line(0.0, end, None, item.caption, clip_attributes))
+    clip_attributes["Duration"] = format_duration(duration)
+    lines = [_line(0.0, max(duration, *(s.end for s in item.segments)), None, item.caption, clip_attributes)]
     lines.extend(_segment_line(segment) for segment in item.segments)
     return "\n".join(lines)
 

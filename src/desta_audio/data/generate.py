@@ -9,7 +9,9 @@ The generator sees it with `<|AUDIO|>` replaced by the seed description text; it
 turn of the stored (training) chat, which keeps the `<|AUDIO|>` form.
 
 The plan is deterministic: clips in source order, `samples_per_clip` keys per clip (`<dataset>/<id>#<n>`), prompt
-choices and seeds derived from the global seed and the key. A rerun skips keys already in completed shards.
+choices and seeds derived from the global seed and the key. A rerun skips keys already in completed shards; it must
+use the settings that shaped the records already there (`RECORD_SHAPING`), or one folder would mix two kinds.
+Before generating, every clip still to do must have audio whose header reads: a record must point at usable audio.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from desta_audio import __version__
+from desta_audio.data.audio_files import UnusableAudio, audio_duration
 from desta_audio.data.backends import Backend, Generation, GenerationRequest
 from desta_audio.data.baselines import TEMPLATE_POOL_VERSION, template_choices
 from desta_audio.data.describe import DESCRIPTION_FORMAT_VERSION, describe
@@ -37,6 +40,9 @@ AUDIO_LOCATOR = "<|AUDIO|>"
 AUDIO_SLOT = f"<start_audio>{AUDIO_LOCATOR}<end_audio>"
 DEFAULT_SYSTEM_PROMPT = "Focus on the audio clips and instructions."
 TARGET_SOURCES = ("self", "other-llm", "template")
+# Run settings that decide what a record holds (generation.json keys); a resumed run must keep them.
+RECORD_SHAPING = ("target_source", "backend", "generator", "weights_sha256", "system_prompt", "decoding", "seed",
+                  "pool_version", "description_format_version", "check_language")
 
 
 @dataclass
@@ -198,38 +204,42 @@ def run_generation(
 
     store = ShardStore(out_dir)
     done = store.completed_keys()
+    pool_version = pool.version if pool else TEMPLATE_POOL_VERSION
+    run_settings = {
+        "target_source": settings.target_source,
+        "backend": backend.name,
+        "generator": backend.model_id,
+        "weights_sha256": backend.weights_sha256(),
+        "system_prompt": settings.system_prompt,
+        "decoding": settings.decoding.model_dump(),
+        "seed": settings.seed,
+        "samples_per_clip": settings.samples_per_clip,
+        "check_language": settings.check_language,
+        "pool_version": pool_version,
+        "description_format_version": DESCRIPTION_FORMAT_VERSION,
+        "project_version": __version__,
+    }
+    if done:
+        check_same_record_settings(store, run_settings)
+    plan = list(plan_samples(list(items), pool, settings))  # the whole source is read (and checked) first
+    pending = [s for s in plan if s.key not in done]
+    check_audio(pending)
     response_filter = ResponseFilter(check_language=settings.check_language)
     for row in store.iter_rows():
         response_filter.remember(row["key"], f"{row['dataset']}/{row['id']}", row["prompt"], row["response"])
-    plan = list(plan_samples(items, pool, settings))
-    pending = [s for s in plan if s.key not in done]
     summary = RunSummary(planned=len(plan), skipped=len(plan) - len(pending))
-    pool_version = pool.version if pool else TEMPLATE_POOL_VERSION
-    store.write_run_settings(
-        {
-            "target_source": settings.target_source,
-            "backend": backend.name,
-            "generator": backend.model_id,
-            "system_prompt": settings.system_prompt,
-            "decoding": settings.decoding.model_dump(),
-            "seed": settings.seed,
-            "samples_per_clip": settings.samples_per_clip,
-            "pool_version": pool_version,
-            "description_format_version": DESCRIPTION_FORMAT_VERSION,
-            "project_version": __version__,
-            "planned": summary.planned,
-            "already_done": summary.skipped,
-        }
-    )
+    store.write_run_settings({**run_settings, "planned": summary.planned, "already_done": summary.skipped})
     logger.info("%d records planned, %d already done, %d to generate", summary.planned, summary.skipped, len(pending))
+    bar = tqdm(total=len(pending), desc="generating", unit="rec", disable=not progress)
 
     def local_chunks() -> Iterator[tuple[list[PlannedSample], list[Generation]]]:
         for start in range(0, len(pending), settings.shard_size):
             chunk = pending[start : start + settings.shard_size]
-            yield chunk, backend.generate([request_for(s, settings) for s in chunk], settings.decoding)
+            requests = [request_for(s, settings) for s in chunk]
+            yield chunk, backend.generate(requests, settings.decoding, progress=bar.update)
 
     chunks = generate_fn(pending) if generate_fn else local_chunks()
-    with tqdm(total=len(pending), desc="generating", unit="rec", disable=not progress) as bar:
+    with bar:
         for chunk, generations in chunks:
             kept, quarantined = [], []
             for sample, generation in zip(chunk, generations, strict=True):
@@ -253,5 +263,41 @@ def run_generation(
             store.write_shard(kept, quarantined)
             summary.kept += len(kept)
             summary.quarantined += len(quarantined)
-            bar.update(len(chunk))
+            if generate_fn:  # the local backend moves the bar itself, batch by batch
+                bar.update(len(chunk))
     return summary
+
+
+def check_same_record_settings(store: ShardStore, current: dict[str, Any]) -> None:
+    """Refuse to add records made with other settings to a folder that already holds some."""
+    history = store.run_settings_history()
+    if not history:
+        return
+    earlier = history[-1]  # every run that added records shared these (each was checked in turn)
+    changed = [key for key in RECORD_SHAPING if key in earlier and earlier[key] != current[key]]
+    same_weights = earlier.get("weights_sha256") is not None and earlier["weights_sha256"] == current["weights_sha256"]
+    if "generator" in changed and same_weights:
+        changed.remove("generator")  # the same weights named another way (a folder path vs a packaged name)
+    if changed:
+        listed = "; ".join(f"{key}: {earlier[key]!r} -> {current[key]!r}" for key in changed)
+        raise ValueError(f"{store.root} already holds records generated with other settings ({listed}); rerun with "
+                         "the earlier settings to resume, or write to a new output folder")  # fmt: skip
+
+
+def check_audio(samples: Iterable[PlannedSample], shown: int = 5) -> None:
+    """Every clip still to generate must point at an existing file whose audio header reads (nothing decoded)."""
+    checked: set[str] = set()
+    unusable = []
+    for sample in samples:
+        if sample.item.audio in checked:
+            continue
+        checked.add(sample.item.audio)
+        try:
+            audio_duration(sample.item.audio)
+        except UnusableAudio as error:
+            unusable.append(f"{sample.item.dataset}/{sample.item.id}: {error}")
+    if unusable:
+        more = f" (and {len(unusable) - shown} more)" if len(unusable) > shown else ""
+        raise UnusableAudio(f"{len(unusable)} clip(s) have missing or unreadable audio: {'; '.join(unusable[:shown])}"
+                            f"{more}. Nothing was generated; fix the paths (audio_root in the mapping) or the files, "
+                            "or remove those rows, then rerun")  # fmt: skip

@@ -15,11 +15,12 @@ import random
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from itertools import accumulate
 from pathlib import Path
 
 from desta_audio.data.dedup import NearDuplicateIndex
+from desta_audio.data.store import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -322,8 +323,34 @@ def _to_line(prompt: Prompt) -> str:
 
 
 def write_pool(prompts: list[Prompt], manifest: dict, path: Path = POOL_PATH, manifest_path: Path = MANIFEST_PATH) -> None:
-    path.write_text("".join(_to_line(p) + "\n" for p in prompts), encoding="utf-8")
-    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(path, "".join(_to_line(p) + "\n" for p in prompts))
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+
+
+_PROMPT_FIELDS = {f.name: f for f in fields(Prompt)}
+
+
+def _prompt_from_line(path: Path, number: int, line: str) -> Prompt:
+    """One pool line, checked: a JSON object with id, category, text and a non-negative numeric weight."""
+    where = f"prompt pool {path}:{number}"
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where} is not valid JSON: {err}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: each line must be a JSON object")
+    required = [name for name, f in _PROMPT_FIELDS.items() if f.default is MISSING]
+    missing = [name for name in required if name not in raw]
+    unknown = sorted(set(raw) - set(_PROMPT_FIELDS))
+    if missing or unknown:
+        problem = f"missing {missing}" if missing else f"unknown fields {unknown}"
+        raise ValueError(f"{where}: {problem}; a line holds {', '.join(required)} and optionally "
+                         f"{', '.join(n for n in _PROMPT_FIELDS if n not in required)}")  # fmt: skip
+    weight = raw["weight"]
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+        raise ValueError(f"{where}: weight must be a number >= 0, got {weight!r}")
+    raw["audio_kinds"] = tuple(raw.get("audio_kinds") or ALL_KINDS)
+    return Prompt(**raw)
 
 
 @dataclass
@@ -337,12 +364,8 @@ class PromptPool:
         path = Path(path) if path else POOL_PATH
         if not path.exists():
             raise FileNotFoundError(f"prompt pool {path} not found; build it with `desta data prompts --build`")
-        prompts = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                raw = json.loads(line)
-                raw["audio_kinds"] = tuple(raw.get("audio_kinds") or ALL_KINDS)
-                prompts.append(Prompt(**raw))
+        prompts = [_prompt_from_line(path, number, line)
+                   for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1) if line.strip()]
         manifest = path.with_name(path.stem + ".manifest.json")
         version = json.loads(manifest.read_text()).get("pool_version", POOL_VERSION) if manifest.exists() else "custom"
         return cls(prompts, version)

@@ -8,6 +8,7 @@ column both end up as `Gender: ...` in the seed description.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+
+from desta_audio.data.store import atomic_writer
 
 logger = logging.getLogger(__name__)
 
@@ -124,18 +127,62 @@ class SourceItem:
 
 
 def read_source(path: str | Path, mapping: SourceMapping | None = None) -> Iterator[SourceItem]:
-    """Items of a manifest (.jsonl/.json/.csv/.tsv), a parquet file, or a `datasets` folder, in file order."""
+    """Items of a manifest (.jsonl/.json/.csv/.tsv), a parquet file, or a `datasets` folder, in file order.
+
+    Columns that an explicit mapping names must occur in some row: once the last row is read, a name that matched
+    nothing (a typo, another corpus' column) is an error rather than an attribute silently left out.
+    """
     path = Path(path)
     mapping = mapping or SourceMapping()
     if not path.exists():
         raise FileNotFoundError(f"source {path} does not exist")
     dataset = mapping.dataset or (path.stem if path.is_file() else path.name)
     root = Path(mapping.audio_root) if mapping.audio_root else (path.parent if path.is_file() else path)
+    unmatched = _mapped_columns(mapping)
+    seen_columns: set[str] = set()
     for index, row in enumerate(_rows(path)):
         try:
-            yield _item_from_row(row, mapping, dataset, root)
+            item = _item_from_row(row, mapping, dataset, root)
         except (KeyError, ValueError, TypeError) as err:
             raise ValueError(f"{path}, row {index}: {err}") from err
+        if unmatched:
+            seen_columns.update(row)
+            _drop_matched(unmatched, row, item)
+        yield item
+    if unmatched and seen_columns:  # (an empty source has nothing to describe wrongly)
+        raise ValueError(f"{path}: no row has the column(s) the mapping names: {_describe_unmatched(unmatched)}; "
+                         f"the rows have {sorted(seen_columns)[:40]}")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _MappedColumn:
+    role: str  # the mapping key that names it
+    attribute: str | None = None  # the description attribute it becomes
+
+
+def _mapped_columns(mapping: SourceMapping) -> dict[str, _MappedColumn]:
+    """Columns the mapping names explicitly; the defaults are only tried, never required."""
+    roles = ("id_column", "transcript_column", "caption_column", "duration_column", "segments_column", "kind_column")
+    given = [role for role in roles if role in mapping.model_fields_set and getattr(mapping, role)]
+    named = {getattr(mapping, role): _MappedColumn(role) for role in given}
+    if "attributes" in mapping.model_fields_set:
+        named.update({column: _MappedColumn("attributes", name) for column, name in mapping.attributes.items()})
+    return named
+
+
+def _drop_matched(unmatched: dict[str, _MappedColumn], row: dict[str, Any], item: SourceItem) -> None:
+    # An attribute also counts when it arrived by name: in a segment, or in the `attributes` of a row that
+    # `describe` or `annotate` wrote with this same mapping (which also writes the transcript as `transcript`).
+    names = set(item.attributes).union(*(s.attributes for s in item.segments))
+    for column, mapped in list(unmatched.items()):
+        if (column in row or mapped.attribute in names
+                or (mapped.role == "transcript_column" and "transcript" in row)):  # fmt: skip
+            del unmatched[column]
+
+
+def _describe_unmatched(unmatched: dict[str, _MappedColumn]) -> str:
+    return ", ".join(f"{column!r} ({m.role}: {m.attribute})" if m.attribute else f"{column!r} ({m.role})"
+                     for column, m in unmatched.items())  # fmt: skip
 
 
 def _rows(path: Path) -> Iterator[dict[str, Any]]:
@@ -143,23 +190,46 @@ def _rows(path: Path) -> Iterator[dict[str, Any]]:
     if path.is_dir() or suffix == ".parquet":
         yield from _hf_rows(path)
     elif suffix in {".jsonl", ".ndjson"}:
-        with path.open(encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, 1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{path}:{line_number} is not valid JSON: {err}") from err
+        for line_number, line in _text_lines(path):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{line_number} is not valid JSON: {err}") from err
     elif suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise _not_utf8(path, raw.count(b"\n", 0, err.start) + 1, err) from None
+        data = json.loads(text)
         if not isinstance(data, list):
             raise ValueError(f"{path} must hold a JSON list of rows")
         yield from data
     elif suffix in {".csv", ".tsv"}:
-        with path.open(encoding="utf-8", newline="") as handle:
-            yield from csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
+        # TSV is read without quoting, as Common Voice writes it: a quote in a cell is text, not a field delimiter.
+        tsv = suffix == ".tsv"
+        lines = (line for _, line in _text_lines(path))
+        quoting = csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
+        yield from csv.DictReader(lines, delimiter="\t" if tsv else ",", quoting=quoting)
     else:
         raise ValueError(f"source {path}: unknown format; use .jsonl, .json, .csv, .tsv, .parquet or a datasets folder")
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file, a leading byte-order mark dropped; decoded line by line so that a
+    stray byte of another encoding is reported with its line."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise _not_utf8(path, number, err) from None
+
+
+def _not_utf8(path: Path, line: int, err: UnicodeDecodeError) -> ValueError:
+    return ValueError(f"{path}:{line} is not UTF-8 (byte 0x{err.object[err.start]:02x}); "
+                      "save the manifest as UTF-8, e.g. `iconv -f latin1 -t utf-8`")  # fmt: skip
 
 
 def _hf_rows(path: Path) -> Iterator[dict[str, Any]]:
@@ -182,7 +252,7 @@ def _hf_rows(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _audio_path(value: Any, root: Path, mapping: SourceMapping, dataset: str) -> tuple[str, str]:
-    """(id, readable path) of a row's audio: a path string, or datasets' Audio dict {"path", "bytes"}."""
+    """(id, absolute path) of a row's audio: a path string, or datasets' Audio dict {"path", "bytes"}."""
     embedded = None
     if isinstance(value, dict):
         embedded, value = value.get("bytes"), value.get("path")
@@ -193,11 +263,25 @@ def _audio_path(value: Any, root: Path, mapping: SourceMapping, dataset: str) ->
     if embedded and not path.exists():
         if not mapping.extract_audio_to:
             raise ValueError(f"audio {relative!r} is embedded in the dataset; set extract_audio_to in the mapping")
-        path = Path(mapping.extract_audio_to) / dataset / Path(relative).name
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(embedded)
+        path = _extract(embedded, relative, Path(mapping.extract_audio_to).absolute() / dataset)
     return relative, str(path)
+
+
+def _extract(embedded: bytes, relative: str, folder: Path) -> Path:
+    """Write embedded audio under `folder` at its own relative path (so spk1/001.wav and spk2/001.wav stay apart)
+    and return where it is. A name already holding other bytes gets their hash added: clips never share a file,
+    and the same clip maps to the same file on every run."""
+    name = Path(relative)
+    if name.is_absolute() or ".." in name.parts:
+        name = Path(name.name)
+    path = folder / name
+    if path.exists() and path.read_bytes() != embedded:
+        path = path.with_name(f"{path.stem}.{hashlib.sha256(embedded).hexdigest()[:16]}{path.suffix}")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_writer(path, binary=True) as handle:
+            handle.write(embedded)
+    return path
 
 
 def _item_from_row(row: dict[str, Any], mapping: SourceMapping, dataset: str, root: Path) -> SourceItem:

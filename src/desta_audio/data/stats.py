@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from desta_audio.data.describe import parse_attributes
-from desta_audio.data.store import ShardStore
+from desta_audio.data.store import ShardStore, atomic_writer
 
 TOP_VALUES = 5
 
@@ -106,6 +106,7 @@ def write_histogram(stats: DatasetStats, path: str | Path) -> Path:
     axis.set_ylabel("records")
     axis.set_title(f"Response lengths, {stats.records} records")
     figure.tight_layout()
-    figure.savefig(path)
+    with atomic_writer(path, binary=True) as handle:  # an existing picture stays whole if saving fails
+        figure.savefig(handle, format=path.suffix.lstrip(".") or "png")
     plt.close(figure)
     return path

@@ -20,9 +20,10 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -116,7 +117,7 @@ class ShardStore:
                 leftover.unlink()
         card = self.root / "README.md"
         if not card.exists():
-            _atomic_write_text(card, _CARD)
+            atomic_write_text(card, _CARD)
 
     def shard_paths(self, quarantine: bool = False) -> list[Path]:
         folder = self.quarantine_dir if quarantine else self.data_dir
@@ -150,25 +151,39 @@ class ShardStore:
             _atomic_write_lines(self.data_dir / shard_name(index), (r.model_dump_json() for r in kept))
         return index
 
-    def write_run_settings(self, settings: dict[str, Any]) -> None:
-        """Settings of each run, appended to a history so resumed runs with other settings stay visible."""
+    def run_settings_history(self) -> list[dict[str, Any]]:
         path = self.root / "generation.json"
-        history = json.loads(path.read_text()) if path.exists() else []
-        history.append(settings)
-        _atomic_write_text(path, json.dumps(history, indent=2, ensure_ascii=False) + "\n")
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+
+    def write_run_settings(self, settings: dict[str, Any]) -> None:
+        """Settings of each run, appended to a history (a resumed run must share the record-shaping ones)."""
+        history = [*self.run_settings_history(), settings]
+        atomic_write_text(self.root / "generation.json", json.dumps(history, indent=2, ensure_ascii=False) + "\n")
 
 
 def _atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
-    _atomic_write_text(path, "".join(line + "\n" for line in lines))
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temp.open("w", encoding="utf-8") as handle:
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_writer(path) as handle:
         handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+
+
+@contextmanager
+def atomic_writer(path: str | Path, binary: bool = False) -> Iterator[IO[Any]]:
+    """A handle whose content replaces `path` only when the block ends without error (hidden temp file, fsync,
+    rename): a failed or interrupted write leaves the earlier file as it was."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temp.open("wb") if binary else temp.open("w", encoding="utf-8") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # make the rename itself durable

