@@ -137,6 +137,13 @@ def test_models_health_and_metrics(served):
     assert "desta_queue_wait_seconds_count 1.0" in metrics.text
 
 
+def huge_float_wav() -> bytes:
+    """Finite samples of 1e30: they used to overflow Whisper's spectra into a 500."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.full(1600, 1e30, np.float32), 16_000, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize(
     ("part", "expected"),
     [
@@ -144,6 +151,7 @@ def test_models_health_and_metrics(served):
         ({"type": "input_audio", "input_audio": {"data": "%%%not base64%%%", "format": "wav"}}, "not valid base64"),
         (audio_part(b""), "empty"),
         (audio_part(tone_wav(11.0)), "limit"),
+        (audio_part(huge_float_wav()), "float audio should lie within [-1, 1]"),
         ({"type": "audio_url", "audio_url": {"url": "file:///etc/passwd"}}, "does not read server-side files"),
         ({"type": "audio_url", "audio_url": {"url": "http://127.0.0.1:9/a.wav"}}, "does not fetch audio URLs"),
     ],
