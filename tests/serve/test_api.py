@@ -235,7 +235,8 @@ def test_full_queue_answers_503_and_recovers():
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(one, range(8)))
-        assert statuses.count(503) >= 1 and statuses.count(200) >= 3  # 1 running + 2 queued at least
+        # At least the queue's 2 get through (3 when the first was already running before the others arrived).
+        assert statuses.count(503) >= 1 and statuses.count(200) >= 2
         assert set(statuses) <= {200, 503}
         assert one(99) == 200
 
