@@ -57,9 +57,8 @@ def _check_settings(max_new_tokens: int, sample: bool, temperature: float, top_p
 def _load(model: str, asr: bool, device: Optional[str], dtype: Optional[str], max_audio_seconds: float) -> Any:
     from transformers.utils import logging as transformers_logging
 
-    from desta_audio.loading import ModelLoadError, resolve_device
-    from desta_audio.modeling import CheckpointError, DeSTAModel
-    from desta_audio.zoo import PackagedWeightsError
+    from desta_audio.loading import resolve_device, user_load_errors
+    from desta_audio.modeling import DeSTAModel
 
     # Weight-loading bars and generation-config deprecation notes are noise for someone asking a question.
     transformers_logging.set_verbosity_error()
@@ -68,7 +67,7 @@ def _load(model: str, asr: bool, device: Optional[str], dtype: Optional[str], ma
         resolved = resolve_device(device)
         with _status(f"Loading {model}"):
             desta = DeSTAModel.from_pretrained(model, asr=asr, device=resolved, dtype=dtype)
-    except (ModelLoadError, CheckpointError, PackagedWeightsError) as error:
+    except user_load_errors() as error:
         _fail(str(error))
     desta.max_audio_seconds = max_audio_seconds  # the clips were checked against it already; the model re-checks
     return desta

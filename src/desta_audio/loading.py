@@ -39,6 +39,13 @@ class ModelLoadError(ValueError):
     """A model, component or device that cannot be used here; the message says what to do instead."""
 
 
+def user_load_errors() -> tuple[type[Exception], ...]:
+    """What loading a model the user named raises for their mistakes: CLIs show these as one line, not a traceback."""
+    from desta_audio.zoo import PackagedWeightsError
+
+    return ModelLoadError, CheckpointError, PackagedWeightsError
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """The device to load on (None: cuda when available, else cpu), checked before any weight is read."""
     if device is None:

@@ -69,10 +69,9 @@ def _check_can_listen(host: str, port: int) -> None:
 
 def _load_model(reference: str, device: Optional[str] = None, dtype: Optional[str] = None):
     """The model, loaded on a passing thread; a bad reference, device or dtype exits with one line (status 2)."""
-    from desta_audio.loading import ModelLoadError, resolve_device
-    from desta_audio.modeling import CheckpointError, DeSTAModel
+    from desta_audio.loading import resolve_device, user_load_errors
+    from desta_audio.modeling import DeSTAModel
     from desta_audio.serve.model_thread import load_on_passing_thread
-    from desta_audio.zoo import PackagedWeightsError
 
     logger.info("loading %s", reference)
     try:
@@ -82,7 +81,7 @@ def _load_model(reference: str, device: Optional[str] = None, dtype: Optional[st
     try:
         resolved = resolve_device(device)
         return load_on_passing_thread(DeSTAModel.from_pretrained, reference, device=resolved, dtype=dtype)
-    except (ModelLoadError, CheckpointError, PackagedWeightsError) as error:
+    except user_load_errors() as error:
         _fail(str(error))
 
 
