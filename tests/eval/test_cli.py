@@ -23,7 +23,7 @@ def test_mmau_run_rescore_and_report(tmp_path, monkeypatch):
     assert scores["total"]["correct"] == 2 and scores["data_version"] == "v05.15.25"
     manifest = json.loads((out / "mmau.test-mini.manifest.json").read_text())
     assert manifest["generation"] == {"max_new_tokens": 512, "do_sample": False}
-    assert manifest["scoring"]["scorer_version"] == "mmau-string-match-1"
+    assert manifest["scoring"]["scorer_version"] == "mmau-string-match-2"
     raw = runner.invoke(cli.app, ["score", str(out / "mmau.test-mini.predictions.jsonl"), "--raw"])
     assert raw.exit_code == 0, raw.output
     assert json.loads((out / "mmau.test-mini.scores.json").read_text())["scored_text"] == "raw response"

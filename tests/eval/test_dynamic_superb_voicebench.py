@@ -60,6 +60,23 @@ def test_dynamic_superb_task_names_map_to_dimensions():
     assert dynamic_superb.dimension_of("Unknown_Task") == "Other"
 
 
+def test_dynamic_superb_label_without_words_matches_any_reply_as_in_destas_metric():
+    def row(ident, label, response):
+        return {"id": f"SpeechDetection_X/{ident}", "instance": "SpeechDetection_X", "dimension": "Content",
+                "label": label, "instruction": "?", "response": response}
+
+    # "[noise]" and "?" normalise to no words: DeSTA's metric finds the empty run in any reply, even an empty one.
+    rows = [row(1, "[noise]", "It is music."), row(2, "?", ""), row(3, "yes", "no")]
+    default = dynamic_superb.score(rows)
+    assert default["per_item"] == {"SpeechDetection_X/1": True, "SpeechDetection_X/2": True,
+                                   "SpeechDetection_X/3": False}
+    assert default["overall"] == pytest.approx(200 / 3) and default["empty_label"] == "match"
+    fixed = dynamic_superb.score(rows, empty_label="wrong")
+    assert fixed["overall"] == 0.0
+    with pytest.raises(ValueError, match="empty_label"):
+        dynamic_superb.score(rows, empty_label="skip")
+
+
 def _vb_rows(subset, entries):
     return [{"id": f"{subset}_{i}", "subset": subset, **entry} for i, entry in enumerate(entries)]
 
@@ -111,6 +128,17 @@ def test_sdqa_majority_vote_without_pedant():
                               {"response": "Rome", "prompt": "capital?", "reference": "Paris"}])
     result = voicebench.score(rows, FakeJudge(rules=[lambda m, p: next(votes)]), use_pedant=False)
     assert result["gpt"] == 50.0 and result["pedant"] is None and "judge half only" in result["note"]
+
+
+def test_sdqa_three_way_tie_goes_to_the_earliest_sample():
+    # Each item gets three different verdicts; the earliest sample decides, so items whose first verdict is "Yes"
+    # are correct and the others are not, whatever Python's string hashing does to set order.
+    firsts = [("Yes", f"unsure {i}", "No") if i % 2 == 0 else (f"unsure {i}", "Yes", "No") for i in range(20)]
+    replies = iter(v for triple in firsts for v in triple)
+    rows = _vb_rows("sd-qa", [{"response": "r", "prompt": f"q{i}", "reference": "x"} for i in range(20)])
+    result = voicebench.score(rows, FakeJudge(rules=[lambda m, p: next(replies)]), use_pedant=False)
+    assert result["gpt"] == 50.0
+    assert result["judge_parse_failures"] == 20  # one "unsure" per item
 
 
 def test_ifeval_four_accuracies():

@@ -63,6 +63,20 @@ def test_score_breakdown_missing_and_empty_outputs():
     assert skipped["total"] == {"accuracy": 50.0, "correct": 2, "total": 4}
 
 
+def test_items_without_sub_category_are_left_out_of_that_breakdown():
+    def row(ident, response, **extra):
+        return {"id": ident, "response": response, "answer": "Piano", "choices": ["Piano", "Guitar"],
+                "task": "music", "difficulty": "easy", **extra}
+
+    rows = [row("1", "Piano", **{"sub-category": "instrument"}), row("2", "Guitar", **{"sub-category": None}),
+            row("3", "Piano")]
+    result = mmau.score(rows)
+    # Only item 1 has a sub-category; items 2 and 3 still count in the total and the other breakdowns.
+    assert result["sub-category"] == {"instrument": {"accuracy": 100.0, "correct": 1, "total": 1}}
+    assert result["total"] == {"accuracy": pytest.approx(200 / 3), "correct": 2, "total": 3}
+    assert result["task"]["music"]["total"] == 3
+
+
 def _write_mmau(tmp_path, with_id: bool):
     items = []
     for index, (task, answer, choices) in enumerate([

@@ -86,7 +86,8 @@ def test_voicebench_prompts_are_read_without_running_the_file(tmp_path):
     assert source.origin == "official" and source.path == str(path)
     assert len(source.sha256) == 64
     open_prompt = source.prompts["open"]
-    assert open_prompt == JudgePrompt("Dummy grader.", "\nDummy rubric, 1 to 5.\nIN: {prompt}\nOUT: {response}\n")
+    assert open_prompt == JudgePrompt("Dummy grader.", "\nDummy rubric, 1 to 5.\nIN: {prompt}\nOUT: {response}\n",
+                                      (("prompt", "{prompt}"), ("response", "{response}")))
     assert source.prompts["qa"].messages(prompt="p", reference="r", response="c")[1]["content"] \
         == "Q: p\nREF: r\nCAND: c\nyes or no?"
 
@@ -105,6 +106,25 @@ def test_sakura_prompt_placeholders_become_our_fields(tmp_path):
     messages = source.prompts["grade"].messages(question="Q?", answer="(a) dog", response="dog")
     assert messages[0] == {"role": "system", "content": "Dummy judge."}
     assert "Q: Q?\n    GT: (a) dog\n    R: dog" in messages[1]["content"]
+
+
+def test_official_prompts_are_filled_by_chained_replacements_as_their_scripts_do(tmp_path):
+    # VoiceBench's api_judge.py replaces {prompt}, then {reference}, then {response} in turn, and SAKURA's
+    # llm_judge.py [QUESTION], then [MODEL_GENERATED_RESPONSE], then [GROUND_TRUTH_ANSWER]: a marker inside an
+    # earlier value is replaced too. Expected texts worked out by hand from the dummy templates above.
+    voicebench_checkout(tmp_path / "VoiceBench")
+    qa = load_official("voicebench", tmp_path / "VoiceBench").prompts["qa"]
+    assert qa.messages(prompt="Say {response}", reference="r", response="c {prompt}")[1]["content"] \
+        == "Q: Say c {prompt}\nREF: r\nCAND: c {prompt}\nyes or no?"
+    grade = load_official("sakura", sakura_checkout(tmp_path / "SAKURA")).prompts["grade"]
+    user = grade.messages(question="Q [GROUND_TRUTH_ANSWER]?", answer="(a) dog",
+                          response="It is [GROUND_TRUTH_ANSWER] [QUESTION]")[1]["content"]
+    assert "Q: Q (a) dog?\n    GT: (a) dog\n    R: It is (a) dog [QUESTION]" in user
+    # The project's own wording is filled in one pass: markers inside values stay as they are.
+    from desta_audio.eval.benchmarks import sakura
+
+    ours = sakura.JUDGE_PROMPTS["grade"].messages(question="{answer}?", answer="(a) dog", response="{question}")
+    assert ours[1]["content"] == "Question: {answer}?\nGround truth: (a) dog\nResponse: {question}"
 
 
 def test_missing_variable_or_unparsable_file_is_named(tmp_path):

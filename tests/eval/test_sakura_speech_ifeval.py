@@ -171,6 +171,17 @@ def test_speech_ifeval_kwargs_must_match_the_instructions(tmp_path):
         speech_ifeval.score(scored)
 
 
+def test_speech_ifeval_item_without_instructions_counts_as_followed():
+    # The official strict test takes all() over the item's checks: no check at all is a followed item.
+    rows = [{"id": "closed_ended_questions/1", "subset": "closed_ended_questions", "response": "anything",
+             "instruction_id_list": [], "kwargs": []},
+            {"id": "closed_ended_questions/2", "subset": "closed_ended_questions", "response": "no quotes",
+             "instruction_id_list": ["startend:quotation"], "kwargs": [{}]}]
+    result = speech_ifeval.score(rows)
+    assert result["rates"]["closed_ended_questions"] == 50.0
+    assert result["per_item"] == {"closed_ended_questions/1": True, "closed_ended_questions/2": False}
+
+
 def test_speech_ifeval_score_records_the_judge(tmp_path):
     result = speech_ifeval.score(_sif_rows(tmp_path, {}), _sif_judge())
     assert result["judge"] == "fake" and result["judge_params"] == speech_ifeval.JUDGE_PARAMS

@@ -11,8 +11,11 @@ used by VoiceBench's ifeval subset) and of Speech-IFEval's modified copy (`varia
 - "starts with" (repeat_prompt) strips surrounding quotes and compares lowercased;
 - upper/lower case checks skip language detection.
 
-One difference from stock IFEval is unavoidable offline: `capital_word_frequency` tokenises with a regex instead of
-NLTK's punkt `word_tokenize` (punkt needs a download); counts only differ on unusual punctuation.
+Two differences from stock IFEval are unavoidable offline, both where it uses NLTK's punkt model (a download):
+`capital_word_frequency` tokenises with a regex instead of punkt's `word_tokenize`, and `number_sentences` counts
+with IFEval's own rule-based sentence splitter (`split_into_sentences`, which stock IFEval ships but does not use
+for this check) instead of punkt's sentence tokenizer. Counts differ only on abbreviations, decimals and unusual
+punctuation.
 """
 
 from __future__ import annotations

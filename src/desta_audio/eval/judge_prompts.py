@@ -8,8 +8,9 @@ copied here). A JSON file of this shape also replaces prompts (print the default
     {"voicebench": {"open": {"system": "...", "user": "... {prompt} ... {response} ..."}}}
 
 A replacement must use exactly the placeholders of the prompt it replaces, so no field is silently dropped; an empty
-"system" sends no system message. Placeholders are filled in one pass, so a `{response}` written inside a model's
-reply stays as it is.
+"system" sends no system message. The project's prompts and a user's are filled in one pass, so a `{response}`
+written inside a model's reply stays as it is; an official prompt is filled the way its script fills it (see
+`JudgePrompt.chained`), so the judge gets the very text the official script would send.
 """
 
 from __future__ import annotations
@@ -27,17 +28,29 @@ PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 @dataclass(frozen=True)
 class JudgePrompt:
     system: str
-    user: str  # template: "{field}" placeholders
+    user: str  # template: "{field}" placeholders, or the markers of `chained`
+    # Some official scripts fill their template with chained str.replace calls, one field after the other, so a
+    # value put in early is searched by the later replacements (a reply holding "[GROUND_TRUTH_ANSWER]" gets the
+    # answer written into it). (field, marker) pairs in the script's order reproduce that; empty: one pass.
+    chained: tuple[tuple[str, str], ...] = ()
 
     @property
     def fields(self) -> set[str]:
+        if self.chained:
+            return {field for field, marker in self.chained if marker in self.user}
         return set(PLACEHOLDER.findall(self.user))
 
     def messages(self, **values: Any) -> list[dict[str, str]]:
         missing = self.fields - values.keys()
         if missing:
             raise KeyError(f"judge prompt needs {sorted(missing)}")
-        user = PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), self.user)
+        if self.chained:
+            user = self.user
+            for field, marker in self.chained:
+                if field in values:
+                    user = user.replace(marker, str(values[field]))
+        else:
+            user = PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), self.user)
         system = [{"role": "system", "content": self.system}] if self.system else []  # "": no system message
         return [*system, {"role": "user", "content": user}]
 
@@ -68,10 +81,19 @@ def describe(prompts: dict[str, JudgePrompt], defaults: dict[str, JudgePrompt],
     record: dict[str, Any] = {"origin": PROJECT_WORDING if not replaced else "user file"}
     if isinstance(source, PromptSource):
         record.update(origin=source.origin, path=source.path, file_sha256=source.sha256)
-    record["sha256"] = {name: hashlib.sha256(json.dumps(asdict(p), sort_keys=True).encode()).hexdigest()[:16]
+    record["sha256"] = {name: hashlib.sha256(json.dumps(_as_json(p), sort_keys=True).encode()).hexdigest()[:16]
                         for name, p in sorted(prompts.items())}
     record["replaced"] = replaced
     return record
+
+
+def _as_json(prompt: JudgePrompt) -> dict[str, Any]:
+    """The prompt as JSON: system and user, and the fill order only where there is one (so digests and printed
+    defaults of one-pass prompts keep their shape)."""
+    data = asdict(prompt)
+    if not prompt.chained:
+        del data["chained"]
+    return data
 
 
 def file_sha256(path: str | Path) -> str:
@@ -116,5 +138,5 @@ def _braced(fields: set[str]) -> list[str]:
 
 
 def defaults_json(benchmarks: dict[str, dict[str, JudgePrompt]]) -> str:
-    return json.dumps({b: {n: asdict(p) for n, p in prompts.items()} for b, prompts in benchmarks.items()},
+    return json.dumps({b: {n: _as_json(p) for n, p in prompts.items()} for b, prompts in benchmarks.items()},
                       indent=2, ensure_ascii=False)

@@ -6,11 +6,13 @@ benchmark's layout says which file holds the prompts, which names they are bound
 onto the fields our scorers fill:
 
 - VoiceBench `api_judge.py`: `meta_prompt_open` and `meta_prompt_qa` ({prompt}, {reference}, {response}), the system
-  message from its `{"role": "system", "content": ...}` literal;
+  message from its `{"role": "system", "content": ...}` literal; filled as its script does, by chained replacements
+  in the order prompt, reference, response;
 - Speech-IFEval `script/llm_evaluation.py`: `system_prompt` and the f-string `content` of each
-  `data["metric"] == ...` branch (cot, accuracy, wer); {model_response} is our {response};
+  `data["metric"] == ...` branch (cot, accuracy, wer); {model_response} is our {response}; one pass (an f-string);
 - SAKURA `evaluation/llm_judge.py`: `system_prompt` and `user_prompt_template` with [QUESTION],
-  [GROUND_TRUTH_ANSWER] and [MODEL_GENERATED_RESPONSE] for our {question}, {answer} and {response}.
+  [GROUND_TRUTH_ANSWER] and [MODEL_GENERATED_RESPONSE] for our {question}, {answer} and {response}; filled as its
+  script does, by chained replacements in the order question, response, answer.
 """
 
 from __future__ import annotations
@@ -87,8 +89,13 @@ def _voicebench(tree: ast.Module) -> dict[str, JudgePrompt]:
     from desta_audio.eval.benchmarks.voicebench import JUDGE_SYSTEM
 
     system = _system_message(tree) or JUDGE_SYSTEM
-    return {"open": JudgePrompt(system, _required(tree, "meta_prompt_open")),
-            "qa": JudgePrompt(system, _required(tree, "meta_prompt_qa"))}
+    return {"open": JudgePrompt(system, _required(tree, "meta_prompt_open"), _braced_chain("prompt", "response")),
+            "qa": JudgePrompt(system, _required(tree, "meta_prompt_qa"),
+                              _braced_chain("prompt", "reference", "response"))}
+
+
+def _braced_chain(*fields: str) -> tuple[tuple[str, str], ...]:
+    return tuple((field, "{" + field + "}") for field in fields)
 
 
 SPEECH_IFEVAL_METRICS = {"cot": "reasoning", "accuracy": "accuracy", "wer": "transcript"}
@@ -123,15 +130,13 @@ def _speech_ifeval(tree: ast.Module) -> dict[str, JudgePrompt]:
     return prompts
 
 
-SAKURA_PLACEHOLDERS = {"[QUESTION]": "{question}", "[GROUND_TRUTH_ANSWER]": "{answer}",
-                       "[MODEL_GENERATED_RESPONSE]": "{response}"}
+SAKURA_CHAIN = (("question", "[QUESTION]"), ("response", "[MODEL_GENERATED_RESPONSE]"),
+                ("answer", "[GROUND_TRUTH_ANSWER]"))  # its script's replacement order
 
 
 def _sakura(tree: ast.Module) -> dict[str, JudgePrompt]:
     user = _required(tree, "user_prompt_template")
-    for theirs, ours in SAKURA_PLACEHOLDERS.items():
-        user = user.replace(theirs, ours)
-    return {"grade": JudgePrompt(_required(tree, "system_prompt"), user)}
+    return {"grade": JudgePrompt(_required(tree, "system_prompt"), user, SAKURA_CHAIN)}
 
 
 LAYOUTS = {

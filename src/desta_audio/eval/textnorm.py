@@ -30,11 +30,15 @@ def basic_normalize(text: str) -> str:
     return re.sub(r"\s+", " ", text)
 
 
-def consecutive_words_match(label: str, prediction: str) -> bool:
-    """DeSTA's "consecutive words" metric: the normalised label's words appear contiguously in the prediction."""
+def consecutive_words_match(label: str, prediction: str, empty_label_matches: bool = False) -> bool:
+    """DeSTA's "consecutive words" metric: the normalised label's words appear contiguously in the prediction.
+
+    A label with no words once normalised ("", "[noise]", "?") matches every prediction in DeSTA's own metric
+    (the empty word run is found anywhere); `empty_label_matches=True` keeps that, the default counts it as a miss.
+    """
     label_words = basic_normalize(label).lower().split()
     pred_words = basic_normalize(prediction).lower().split()
     if not label_words:
-        return False
+        return empty_label_matches
     width = len(label_words)
     return any(pred_words[i : i + width] == label_words for i in range(len(pred_words) - width + 1))

@@ -6,7 +6,8 @@ Instructions already list the options.
 
 Scoring: accuracy per instance, averaged per dimension and overall. Free-form answers need a matcher:
 `consecutive` (default: DeSTA's metric, the normalised label's words appear contiguously in the prediction) or
-`judge` (an LLM answers "Result: YES/NO"); the matcher used is recorded.
+`judge` (an LLM answers "Result: YES/NO"); the matcher used is recorded. As in DeSTA's metric, a label that
+normalises to no words ("[noise]", "?") matches every reply; `empty_label="wrong"` counts such items as misses.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from desta_audio.eval.textnorm import consecutive_words_match
 logger = logging.getLogger(__name__)
 
 NAME = "dynamic_superb"
-SCORER_VERSION = "dynamic-superb-1"
+SCORER_VERSION = "dynamic-superb-2"
 SYSTEM_PROMPT = "Focus on the audio clips and instructions."
 GENERATION = {"max_new_tokens": 512, "do_sample": False}
 # Task name (the part before "_" of an instance name) -> dimension; 55 instances: Content 11, Speaker 5,
@@ -114,9 +115,12 @@ def judge_messages(instruction: str, label: str, response: str,
 
 
 def score(rows: list[dict[str, Any]], judge: Any = None, *, matcher: str = "consecutive",
-          judge_prompts: PromptSource | dict[str, JudgePrompt] | None = None, **_: Any) -> dict[str, Any]:
+          empty_label: str = "match", judge_prompts: PromptSource | dict[str, JudgePrompt] | None = None,
+          **_: Any) -> dict[str, Any]:
     if matcher not in ("consecutive", "judge"):
         raise ValueError(f"matcher must be 'consecutive' or 'judge', got {matcher!r}")
+    if empty_label not in ("match", "wrong"):
+        raise ValueError(f"empty_label must be 'match' or 'wrong', got {empty_label!r}")
     if matcher == "judge" and judge is None:
         raise ValueError("matcher 'judge' needs --judge")
     from desta_audio.eval.benchmarks.speech_ifeval import parse_result
@@ -127,7 +131,7 @@ def score(rows: list[dict[str, Any]], judge: Any = None, *, matcher: str = "cons
     for row in rows:
         response = response_of(row) or ""
         if matcher == "consecutive":
-            ok = consecutive_words_match(row["label"], response)
+            ok = consecutive_words_match(row["label"], response, empty_label_matches=empty_label == "match")
         else:
             verdict = parse_result(judge.judge(judge_messages(row["instruction"], row["label"], response,
                                                               prompts["match"]), **JUDGE_PARAMS))
@@ -147,6 +151,7 @@ def score(rows: list[dict[str, Any]], judge: Any = None, *, matcher: str = "cons
         if matcher == "judge" else {"judge": None}
     return {
         "benchmark": NAME, "scorer_version": SCORER_VERSION, "matcher": matcher, **judged,
+        **({"empty_label": empty_label} if matcher == "consecutive" else {}),
         "instances": instance_acc,
         "dimensions": {d: dimensions[d] for d in DIMENSIONS if d in dimensions} | (
             {"Other": dimensions["Other"]} if "Other" in dimensions else {}),

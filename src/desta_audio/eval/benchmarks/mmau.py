@@ -5,8 +5,9 @@ fields. Two releases disagree on ~25% of test-mini: "original" and "v05.15.25" (
 release is detected from the data unless given, and recorded.
 
 Scoring is the official `string_match`: bag-of-words containment of the answer and exclusion of every word that
-only other choices have. Items without an output are counted as wrong (the official script silently skips them;
-`missing="skip"` reproduces that) and their number is reported.
+only other choices have. Breakdowns per task, difficulty and sub-category (items without one are not in that last
+breakdown, as in the official script). Items without an output are counted as wrong (the official script silently
+skips them; `missing="skip"` reproduces that) and their number is reported.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from desta_audio.eval.loading import load_rows, to_audio_ref
 from desta_audio.eval.records import AUDIO_TAG, EvalItem, audio_message
 
 NAME = "mmau"
-SCORER_VERSION = "mmau-string-match-1"
+SCORER_VERSION = "mmau-string-match-2"
 VERSIONS = ("original", "v05.15.25")
 SYSTEM_PROMPT = 'Focus on the audio clips and instructions. Put your answer in the format "The correct answer is: "___" ".'
 ANSWER_PREFIX = "The correct answer is: "
@@ -146,7 +147,9 @@ def score(rows: list[dict[str, Any]], judge: Any = None, *, strip_prefix: bool =
         "total": {"accuracy": percent(total_correct, len(graded)), "correct": total_correct, "total": len(graded)},
         "task": grouped_accuracy((str(r.get("task")), ok) for r, ok in graded),
         "difficulty": grouped_accuracy((str(r.get("difficulty")), ok) for r, ok in graded),
-        "sub-category": grouped_accuracy((str(r.get("sub-category")), ok) for r, ok in graded),
+        # Items without a sub-category are left out of this breakdown, as the official script does.
+        "sub-category": grouped_accuracy((str(r["sub-category"]), ok) for r, ok in graded
+                                         if r.get("sub-category") is not None),
         "missing_outputs": n_missing,
         "missing_policy": "counted as wrong" if missing == "wrong" else "skipped (official script)",
         "per_item": {str(r.get("id")): ok for r, ok in graded},

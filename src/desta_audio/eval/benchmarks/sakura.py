@@ -24,7 +24,7 @@ from desta_audio.eval.records import AUDIO_TAG, EvalItem, audio_message
 logger = logging.getLogger(__name__)
 
 NAME = "sakura"
-SCORER_VERSION = "sakura-judge-1"
+SCORER_VERSION = "sakura-judge-2"
 TRACKS = ("Animal", "Emotion", "Gender", "Language")
 HOPS = ("single", "multi")
 SYSTEM_PROMPT = "Focus on the audio clips and instructions."

@@ -32,7 +32,7 @@ from desta_audio.eval.textnorm import basic_normalize
 logger = logging.getLogger(__name__)
 
 NAME = "speech_ifeval"
-SCORER_VERSION = "speech-ifeval-2"
+SCORER_VERSION = "speech-ifeval-3"
 SUBSETS = {
     "closed_ended_questions": "closed_ended_questions.jsonl",
     "creative_writing": "creative_writing.jsonl",
@@ -168,7 +168,7 @@ def _rule_rate(rows: list[dict[str, Any]], paragraph_split: str) -> tuple[float 
             raise ValueError(f"prediction row {row['id']}: {error}") from None
         flags = [check_instruction(iid, response, kw, variant=SPEECH_IFEVAL, paragraph_split=paragraph_split)
                  for iid, kw in zip(instruction_ids, kwargs)]
-        ok = bool(flags) and all(flags)
+        ok = all(flags)  # as the official strict test: an item without instructions counts as followed
         followed += ok
         per_item[str(row["id"])] = ok
         for iid, flag in zip(instruction_ids, flags):
