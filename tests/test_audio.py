@@ -175,3 +175,14 @@ def test_float_samples_far_beyond_full_scale_are_refused(tmp_path):
         load_audio(path)
     hot = tone(1.0, amplitude=1.5)  # a hot mix just over full scale stays usable
     assert np.abs(load_audio(hot)).max() == pytest.approx(1.5, rel=1e-3)
+
+
+@pytest.mark.parametrize("source,message", [
+    (None, "audio: expected a file path or a numpy array, got NoneType$"),
+    (3, "got int$"),
+    ([0.0, 0.1], r"got list \(use np.asarray\(samples, dtype=np.float32\)\)"),
+    ("", "audio: the file path is empty"),
+])
+def test_sources_that_are_neither_path_nor_array_are_named(source, message):
+    with pytest.raises(AudioError, match=message):
+        load_audio(source)

@@ -128,3 +128,56 @@ def test_chat_raises_the_audio_limit_end_to_end(tiny_loaded, long_clip):
     assert result.exit_code == 0, result.output
     assert "(attached long.wav)" in result.stderr and "error" not in result.stderr
     assert result.stdout.count("desta> ") == 1
+
+
+def scripted_input(monkeypatch, *lines):
+    """What the user types at each `you>` prompt; an exception class is raised there instead (Ctrl-C, Ctrl-D),
+    and the script ends with Ctrl-D."""
+    queue = list(lines)
+
+    def typed(prompt=""):
+        item = queue.pop(0) if queue else EOFError
+        if isinstance(item, type) and issubclass(item, BaseException):
+            raise item
+        return item
+
+    monkeypatch.setattr("builtins.input", typed)
+
+
+def test_chat_commands_are_answered_without_the_model(tiny_loaded, monkeypatch):
+    monkeypatch.setattr(tiny_loaded, "chat", lambda *a, **k: pytest.fail("a command reached the model"))
+    scripted_input(monkeypatch, "/help", "/hlep", "/audio", "/system Be brief.", "/system")
+    result = run("chat", "--no-stream")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("/help shows this") == 2  # at the start and for /help
+    assert "error: unknown command /hlep; the commands are /audio, /system, /reset, /help, /quit" in result.stderr
+    assert "error: give the clips to attach: /audio PATH [PATH...]" in result.stderr
+    assert "(system prompt set)" in result.stderr and "(system prompt: the model's own)" in result.stderr
+    assert "desta>" not in result.stdout
+
+
+def test_chat_keeps_the_conversation_through_interruptions(tiny_loaded, monkeypatch, clip, tmp_path):
+    second = tmp_path / "second.wav"
+    sf.write(second, tone(2.0, 880), SAMPLE_RATE)
+    asked: list[list[tuple[str, str, int]]] = []  # per model call: (role, content, clips) of each message
+    answer = tiny_loaded.chat
+
+    def chat(conversations, **settings):
+        asked.append([(m["role"], m["content"], len(m.get("audios") or [])) for m in conversations[0]])
+        if len(asked) == 2:  # Ctrl-C while the second answer is being generated
+            raise KeyboardInterrupt
+        return answer(conversations, **settings)
+
+    monkeypatch.setattr(tiny_loaded, "chat", chat)
+    scripted_input(monkeypatch, f"/audio {clip}", "What is this?", KeyboardInterrupt, f"/audio {second}",
+                   "And this?", "Place them: <|AUDIO|> <|AUDIO|>", "And this, again?")
+    result = run("chat", "--no-stream", "--max-new-tokens", "2")
+    assert result.exit_code == 0, result.output
+    assert "(Ctrl-D or /quit leaves)" in result.stderr  # Ctrl-C at the prompt: the session goes on
+    assert "(stopped; the turn is dropped; 1 clip(s) still attached to your next message)" in result.stderr
+    assert "error: your message has 2 <|AUDIO|> but 1 clip(s) are attached" in result.stderr
+    first_turn = [("user", "<|AUDIO|>\nWhat is this?", 1)]
+    assert asked[0] == first_turn
+    assert asked[2][:1] == first_turn and asked[2][1][0] == "assistant"
+    assert asked[2][2] == ("user", "<|AUDIO|>\nAnd this, again?", 1)  # the clip stayed attached
+    assert len(asked) == 3 and result.stdout.count("desta> ") == 2

@@ -7,6 +7,7 @@ from safetensors.torch import load_file, save_file
 
 from desta_audio.audio import WINDOW_SAMPLES
 from desta_audio.modeling import ADAPTER_PREFIX, CheckpointError, read_config
+from desta_audio.processing import ConversationError
 from tests.conftest import tone
 from tests.tiny import tiny_model
 
@@ -315,6 +316,8 @@ def test_an_arrays_sampling_rate_is_honoured(tiny):
     ({"do_sample": True, "temperature": -1.0}, "temperature"),
     ({"do_sample": True, "temperature": 0.0}, "temperature"),
     ({"do_sample": True, "top_p": 2.0}, "top_p"),
+    ({"do_sample": True, "temperature": "hot"}, "temperature"),
+    ({"do_sample": True, "top_p": "0.9"}, "top_p"),
 ])
 def test_generation_settings_are_checked_before_any_work(tiny, monkeypatch, settings, message):
     monkeypatch.setattr(tiny, "build_batch", lambda *a, **k: pytest.fail("audio prepared for a doomed request"))
@@ -350,3 +353,49 @@ def test_silent_windows_of_a_long_clip_get_no_transcript(tiny, monkeypatch, tmp_
     assert transcribed == [1]  # the window with the words; neither silent window, nor the silent clip
     assert transcripts == [["window-0", " "]]
     assert tokens.shape[0] == 3 * tiny.config.prompt_size
+
+
+@pytest.mark.parametrize("conversations,error,message", [
+    ("What is said?", TypeError, "list of conversations"),
+    (["What is said?"], TypeError, "list of conversations"),
+    ([[]], ConversationError, r"conversation 0 has no user message to answer \(roles: \[\]\)"),
+    ([[{"role": "user", "content": "hi"}], [{"role": "system", "content": "Be brief."}]], ConversationError,
+     "conversation 1 has no user message"),
+    ([[{"role": "usr", "content": "hi"}]], ConversationError, r"no user message to answer \(roles: \['usr'\]\)"),
+])
+def test_malformed_batches_are_refused_before_any_work(tiny, monkeypatch, conversations, error, message):
+    monkeypatch.setattr(tiny, "build_batch", lambda *a, **k: pytest.fail("audio prepared for a doomed request"))
+    with pytest.raises(error, match=message):
+        tiny.chat(conversations, max_new_tokens=2)
+
+
+def test_unknown_generation_settings_are_refused_before_any_work(tiny, monkeypatch):
+    monkeypatch.setattr(tiny, "build_batch", lambda *a, **k: pytest.fail("audio prepared for a doomed request"))
+    with pytest.raises(TypeError, match=r"unknown generation setting\(s\) \['temprature'\]"):
+        tiny.chat([ask("<|AUDIO|>", tone(1.0), text="x")], max_new_tokens=2, temprature=0.3)
+
+
+def test_generate_settings_reach_generate_also_when_greedy(tiny):
+    conversation = ask("<|AUDIO|>", tone(1.0), text="x")
+    expected = tiny.chat([conversation], max_new_tokens=3)[0].token_ids
+    assert tiny.chat([conversation], max_new_tokens=3, top_k=5)[0].token_ids == expected  # no effect when greedy
+    assert len(tiny.chat([conversation], max_new_tokens=3, min_new_tokens=3)[0].token_ids) == 3
+
+
+@pytest.mark.parametrize("audio,message", [
+    (None, "audio 1: expected a file path or a numpy array, got NoneType"),
+    (tone(1.0).tolist(), r"got list \(use np.asarray"),
+    (torch.zeros(16_000), r"got Tensor \(use tensor.numpy\(\)\)"),
+])
+def test_audio_of_the_wrong_type_is_named(tiny, audio, message):
+    from desta_audio.audio import AudioError
+
+    with pytest.raises(AudioError, match=message):
+        tiny.chat([ask("<|AUDIO|>", audio, text="x")], max_new_tokens=2)
+
+
+def test_ask_wants_a_list_of_audios(tiny):
+    with pytest.raises(TypeError, match="ask\\(\\) takes a list of audios"):
+        tiny.ask("clip.wav", "What is said?")
+    with pytest.raises(TypeError, match="ask\\(\\) takes a list of audios"):
+        tiny.ask(tone(1.0), "What is said?")

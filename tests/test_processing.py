@@ -38,6 +38,15 @@ def test_audio_entries_take_a_rate_and_refuse_unknown_keys():
         audio_refs([{"role": "user", "content": "<|AUDIO|>", "audios": [{"audio": "a.wav", "sample_rate": 8000}]}])
 
 
+def test_audio_entries_must_be_a_list_with_string_transcripts():
+    with pytest.raises(ConversationError, match="message 0: 'audios' must be a list .* got dict"):
+        audio_refs([{"role": "user", "content": "<|AUDIO|>", "audios": {"audio": "a.wav"}}])
+    with pytest.raises(ConversationError, match="message 0: an audio's 'text' must be its transcript .* got int"):
+        audio_refs([{"role": "user", "content": "<|AUDIO|>", "audios": [{"audio": "a.wav", "text": 5}]}])
+    refs = audio_refs([{"role": "user", "content": "<|AUDIO|><|AUDIO|>", "audios": ("a.wav", "b.wav")}])
+    assert [r.audio for r in refs] == ["a.wav", "b.wav"]
+
+
 def test_markers_wrap_bare_locators_once():
     assert mark_audio("x <|AUDIO|> y") == "x <start_audio><|AUDIO|><end_audio> y"
     assert mark_audio("<start_audio><|AUDIO|><end_audio>") == "<start_audio><|AUDIO|><end_audio>"

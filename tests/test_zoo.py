@@ -122,6 +122,21 @@ def test_prepared_model_no_longer_needs_its_packages(fake, monkeypatch):
     assert zoo.prepare_llm("fake-llm") == path
 
 
+def test_conversion_shows_no_transformers_progress_bars(fake, monkeypatch):
+    from transformers.utils import logging as transformers_logging
+
+    bars_on: list[bool] = []
+
+    def converter(source, side_files, output, step):
+        bars_on.append(transformers_logging.is_progress_bar_enabled())
+        copy_converter(source, side_files, output, step)
+
+    monkeypatch.setitem(zoo.PACKAGED, "fake-llm", _fake_weights(converter))
+    transformers_logging.enable_progress_bar()
+    zoo.prepare_llm("fake-llm", show_progress=False)
+    assert bars_on == [False] and transformers_logging.is_progress_bar_enabled()  # on again afterwards
+
+
 def test_single_file_source_is_hashed_in_place(fake, cache: Path, monkeypatch):
     seen = []
 
@@ -325,6 +340,16 @@ def test_cli_list_and_prepare(fake, monkeypatch):
     assert failed.exit_code == 1 and "unknown model 'no-such-model'" in failed.output
     for name in (*zoo.PRESETS, *zoo.PACKAGED):  # every name prepare accepts
         assert name in failed.stderr
+
+
+def test_cli_help_sums_up_each_command_on_one_line(monkeypatch):
+    from typer.testing import CliRunner
+
+    from desta_audio.cli_models import models_app
+
+    monkeypatch.setenv("COLUMNS", "250")
+    shown = CliRunner().invoke(models_app, ["--help"]).output.splitlines()
+    assert [line for line in shown if "prepare " in line and "Safe to re-run." in line]
 
 
 def test_cli_list_never_cuts_a_name_in_80_columns(fake, monkeypatch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,9 @@ MAX_FLOAT_PEAK = 1000.0
 DECODED_SHORTFALL = 0.01  # a file decoding to this fraction fewer frames than it declares is taken as cut
 
 AudioSource = Union[str, Path, np.ndarray]
+# What to do with the array-like types people hand in most often.
+_ARRAY_HINTS = {"Tensor": " (use tensor.numpy())", "list": " (use np.asarray(samples, dtype=np.float32))",
+                "tuple": " (use np.asarray(samples, dtype=np.float32))"}
 
 
 class AudioError(ValueError):
@@ -46,7 +50,15 @@ def load_audio(
     longer one is taken as (channels, samples), the layout of librosa and torchaudio, since real audio has more
     samples than channels; more than MAX_CHANNELS channels is refused. Integer samples are scaled to [-1, 1] by
     their type's range, then the channels are averaged.
+
+    Unusable input (missing, corrupt or truncated file, NaN samples, longer than `max_seconds` (None: no limit))
+    raises AudioError, whose message starts with `name` (default: the path, or "audio array").
     """
+    if not isinstance(source, (str, os.PathLike, np.ndarray)):
+        raise AudioError(f"{name or 'audio'}: expected a file path or a numpy array, got {type(source).__name__}"
+                         f"{_ARRAY_HINTS.get(type(source).__name__, '')}")
+    if isinstance(source, str) and not source.strip():  # Path("") is the current folder
+        raise AudioError(f"{name or 'audio'}: the file path is empty")
     label = name or (str(source) if not isinstance(source, np.ndarray) else "audio array")
     if isinstance(source, np.ndarray):
         rate = SAMPLE_RATE if sample_rate is None else _checked_rate(sample_rate, label)

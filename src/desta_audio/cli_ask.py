@@ -170,7 +170,13 @@ def ask(
 
 
 CHAT_HELP = """Commands: /audio PATH [PATH...] attaches clips to your next message (quote paths with spaces);
-/system TEXT sets the system prompt; /reset starts over; /quit (or Ctrl-D) leaves. Anything else is your message."""
+/system [TEXT] sets the system prompt (none: the model's); /reset starts over; /help shows this; /quit (or Ctrl-D)
+leaves. Anything else is your message (<|AUDIO|> in it places the attached clips). Ctrl-C stops an answer."""
+CHAT_COMMANDS = ("/audio", "/system", "/reset", "/help", "/quit")
+
+
+def _chat_error(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
 
 
 def chat(
@@ -192,6 +198,7 @@ def chat(
 ) -> None:
     """Talk with the model; attach audio files between turns."""
     from desta_audio.audio import AudioError, load_audio
+    from desta_audio.config import AUDIO_LOCATOR
     from desta_audio.processing import ConversationError
 
     try:
@@ -209,37 +216,54 @@ def chat(
     while True:
         try:
             line = input("you> ").strip()
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:
             typer.echo(err=True)
             break
+        except KeyboardInterrupt:  # as in a shell: the line being typed goes, the conversation stays
+            typer.echo("\n(Ctrl-D or /quit leaves)", err=True)
+            continue
         if not line:
             continue
         command, _, rest = line.partition(" ")
         if command == "/quit":
             break
+        if command == "/help":
+            typer.echo(CHAT_HELP, err=True)
+            continue
         if command == "/reset":
             history, pending, pending_names = [], [], []
             typer.echo("(conversation cleared)", err=True)
             continue
         if command == "/system":
             system = rest.strip() or None
+            typer.echo("(system prompt set)" if system else "(system prompt: the model's own)", err=True)
             continue
         if command == "/audio":
             try:
                 paths = shlex.split(rest)
             except ValueError as error:
-                typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+                _chat_error(f"{error}; quote a path with spaces whole, e.g. /audio 'my clip.wav'")
                 continue
+            if not paths:
+                _chat_error("give the clips to attach: /audio PATH [PATH...]")
             for path in paths:
                 try:
                     pending.append({"audio": load_audio(path, max_seconds=max_audio_seconds), "text": None})
                     pending_names.append(Path(path).name)
                     typer.echo(f"(attached {Path(path).name})", err=True)
                 except AudioError as error:
-                    typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+                    _chat_error(str(error))
             continue
-        message = {"role": "user", "content": "<|AUDIO|>" * len(pending) + ("\n" if pending else "") + line,
-                   "audios": pending}
+        if command[:1] == "/" and command[1:].isalpha():  # a mistyped command must not reach the model
+            _chat_error(f"unknown command {command}; the commands are {', '.join(CHAT_COMMANDS)} (/help)")
+            continue
+        placed = line.count(AUDIO_LOCATOR)
+        if placed and placed != len(pending):
+            _chat_error(f"your message has {placed} {AUDIO_LOCATOR} but {len(pending)} clip(s) are attached; "
+                        f"put one {AUDIO_LOCATOR} per clip, or none to have the clips before your text")
+            continue
+        content = line if placed or not pending else AUDIO_LOCATOR * len(pending) + "\n" + line
+        message = {"role": "user", "content": content, "audios": pending}
         conversation = ([{"role": "system", "content": system}] if system else []) + history + [message]
         attached, attached_names = pending, pending_names
 
@@ -255,19 +279,20 @@ def chat(
             if stream:
                 _print_streamed("desta> ")
 
+        # A turn that fails or is stopped leaves the conversation as it was, its clips still attached.
+        still_attached = f"; {len(pending)} clip(s) still attached to your next message" if pending else ""
         try:
             try:
                 reply = desta.chat([conversation], **generation, on_start=[show_transcripts],
                                    on_text=[_print_streamed] if stream else None)[0]
             finally:
                 listening.stop()
-        except (AudioError, ConversationError) as error:  # the turn is dropped; the session goes on
-            typer.secho(f"\nerror: {error}", err=True, fg=typer.colors.RED)
-            pending, pending_names = [], []
+        except (AudioError, ConversationError) as error:
+            typer.echo(err=True)
+            _chat_error(f"{error} (the turn is dropped{still_attached})")
             continue
         except KeyboardInterrupt:  # Ctrl-C stops this answer, not the session
-            typer.echo("\n(stopped; the turn is dropped)", err=True)
-            pending, pending_names = [], []
+            typer.echo(f"\n(stopped; the turn is dropped{still_attached})", err=True)
             continue
         history += [message, {"role": "assistant", "content": reply.text}]
         pending, pending_names = [], []

@@ -96,8 +96,9 @@ def list_models() -> None:
 def prepare_model(
     name: str = typer.Argument(..., help="A preset (see `desta models list`) or a packaged model name."),
 ) -> None:
-    """Convert the packaged weights of a preset (or one packaged model) into the cache, and download the
-    components of a hub preset into the Hugging Face cache, so the model then loads offline. Safe to re-run."""
+    """Make a model load offline: convert its packaged weights into the cache. Safe to re-run.
+
+    For a hub preset, download its components into the Hugging Face cache instead."""
     if name not in zoo.PRESETS and name not in zoo.PACKAGED:
         _fail(f"unknown model {name!r}; presets: {', '.join(zoo.PRESETS)}; packaged models: "
               f"{', '.join(zoo.PACKAGED)}")

@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from os import PathLike
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,6 +27,7 @@ from desta_audio.processing import (
     Batch,
     Conversation,
     ConversationEncoder,
+    ConversationError,
     Encoded,
     audio_refs,
     collate,
@@ -92,6 +94,10 @@ class WhisperPerception(nn.Module):
 
 @dataclass
 class ChatReply:
+    """One answer of `DeSTAModel.chat`: its text (stripped), the transcript used for each audio of the conversation
+    (in order; the caller's where given), the generated token ids (up to the end of turn) and the timings of the
+    call in seconds (shared by every reply of a batch)."""
+
     text: str
     transcripts: list[str]
     token_ids: list[int]
@@ -328,7 +334,8 @@ class DeSTAModel(nn.Module):
         timings = timings if timings is not None else {}
         clock = time.perf_counter()
         arrays = [load_audio(ref.audio, ref.sample_rate, max_seconds=self.max_audio_seconds,
-                             name=f"audio {i + 1} (array)" if isinstance(ref.audio, np.ndarray) else None)
+                             name=None if isinstance(ref.audio, (str, PathLike)) else
+                             f"audio {i + 1}" + (" (array)" if isinstance(ref.audio, np.ndarray) else ""))
                   for i, ref in enumerate(refs)]
         cache = self.audio_cache if not torch.is_grad_enabled() else None
         if cache is not None:
@@ -467,7 +474,8 @@ class DeSTAModel(nn.Module):
     ) -> list[ChatReply]:
         """Answer a batch of conversations (each a list of messages; see `processing`). Greedy by default; the
         release's sampling settings are temperature 0.7, top_p 0.9. Extra keyword arguments go to the LLM's
-        `generate()` (e.g. `min_new_tokens`, `repetition_penalty`).
+        `generate()` (e.g. `min_new_tokens`, `repetition_penalty`). A malformed conversation raises
+        ConversationError, unusable audio AudioError, bad settings ValueError or TypeError, all before generating.
 
         on_text: one callback per conversation (or None) that receives its answer as it is generated, in deltas
         that join to exactly the returned `text`. on_start: one callback per conversation (or None) called with
@@ -477,11 +485,11 @@ class DeSTAModel(nn.Module):
         holds one of its own stop strings (once cutting before the earliest one can no longer change), while the
         other rows go on. The returned text is not cut (it runs to the token that settled the stop), so cutting it
         before its earliest stop string gives exactly the cut of the answer generated without stop strings."""
-        if isinstance(conversations, dict) or (conversations and isinstance(conversations[0], dict)):
-            raise TypeError("chat() takes a list of conversations; wrap a single conversation in a list")
+        _check_conversations(conversations)
         if not conversations:
             return []
         check_generation(max_new_tokens, do_sample, temperature, top_p)
+        self._check_generate_kwargs(generate_kwargs)
         for name, hooks in (("on_text", on_text), ("on_start", on_start)):
             if hooks is not None and len(hooks) != len(conversations):
                 raise ValueError(f"{name} has {len(hooks)} callbacks for {len(conversations)} conversations")
@@ -510,8 +518,8 @@ class DeSTAModel(nn.Module):
             attention_mask=batch.attention_mask.to(self.device),
             max_new_tokens=max_new_tokens,
             streamer=streamer,
-            **sampling,
-            **{**self.generation_defaults(), **generate_kwargs},
+            # The caller's settings win, e.g. a top_k given with greedy decoding.
+            **{**sampling, **self.generation_defaults(), **generate_kwargs},
         )
         timings["generate_s"] = time.perf_counter() - clock
         replies = []
@@ -520,6 +528,20 @@ class DeSTAModel(nn.Module):
             text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
             replies.append(ChatReply(text, transcripts[row], ids, dict(timings)))
         return replies
+
+    def _check_generate_kwargs(self, generate_kwargs: dict[str, Any]) -> None:
+        """Refuse a keyword `generate()` does not know (a misspelt `temprature`) before any audio work: generate()
+        itself would refuse it only after the encoder and ASR have run."""
+        import inspect
+
+        from transformers import GenerationConfig
+
+        known = set(inspect.signature(self.llm_model.generate).parameters) | set(GenerationConfig().to_dict())
+        unknown = sorted(set(generate_kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown generation setting(s) {unknown}; chat() takes max_new_tokens, do_sample, "
+                            "temperature, top_p, seed, stop_strings, on_text, on_start, and the LLM's generate() "
+                            "settings (e.g. top_k, min_new_tokens, repetition_penalty)")
 
     def _with_stop_strings(self, stop_strings: Sequence[Sequence[str]], rows: int, end_ids: set[int],
                            generate_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -537,12 +559,30 @@ class DeSTAModel(nn.Module):
         return {**generate_kwargs, "stopping_criteria": criteria}
 
     def ask(self, audios: Sequence[Any], question: str, *, system: str | None = None, **generation: Any) -> ChatReply:
-        """One question about one or more audios (locators prepended when the question has none)."""
+        """One question about a list of audios (paths or 16 kHz arrays), transcribed by the model; a `<|AUDIO|>`
+        per audio is put before the question unless it has them. Keywords as for `chat`."""
+        if isinstance(audios, (str, PathLike, np.ndarray)):
+            raise TypeError("ask() takes a list of audios; wrap a single path or array in a list")
         content = question if "<|AUDIO|>" in question else "".join("<|AUDIO|>" for _ in audios) + "\n" + question
         conversation = [{"role": "user", "content": content, "audios": [{"audio": a, "text": None} for a in audios]}]
         if system is not None:
             conversation.insert(0, {"role": "system", "content": system})
         return self.chat([conversation], **generation)[0]
+
+
+def _check_conversations(conversations: Any) -> None:
+    """A list of conversations, each a list of messages with a user message to answer."""
+    if isinstance(conversations, (str, dict)) or (conversations and isinstance(conversations[0], (str, dict))):
+        raise TypeError("chat() takes a list of conversations, each a list of messages; wrap a single "
+                        "conversation in a list")
+    for index, conversation in enumerate(conversations):
+        roles = [message.get("role") for message in conversation if isinstance(message, dict)]
+        if len(roles) == len(conversation) and "user" not in roles:  # a non-dict message gets audio_refs' error
+            raise ConversationError(f"conversation {index} has no user message to answer (roles: {roles!r:.120})")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def check_generation(max_new_tokens: int, do_sample: bool, temperature: float | None, top_p: float | None) -> None:
@@ -553,10 +593,10 @@ def check_generation(max_new_tokens: int, do_sample: bool, temperature: float | 
                          f"got {max_new_tokens!r}")
     if not do_sample:
         return
-    if temperature is None or not math.isfinite(temperature) or temperature <= 0:
+    if not _is_real(temperature) or not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature (--temperature) must be above 0 when sampling, got {temperature!r}; "
                          "for greedy decoding leave sampling off")
-    if top_p is None or not 0 < top_p <= 1:
+    if not _is_real(top_p) or not 0 < top_p <= 1:
         raise ValueError(f"top_p (--top-p) must be above 0 and at most 1 when sampling, got {top_p!r}")
 
 

@@ -55,6 +55,9 @@ def audio_refs(conversation: Conversation) -> list[AudioRef]:
         if not isinstance(content, str):
             raise ConversationError(f"message {index}: 'content' must be a string, got {type(content).__name__}")
         audios = message.get("audios") or []
+        if not isinstance(audios, (list, tuple)):
+            raise ConversationError(f"message {index}: 'audios' must be a list (one entry per {AUDIO_LOCATOR}), "
+                                    f"got {type(audios).__name__}")
         slots = content.count(AUDIO_LOCATOR)
         if slots != len(audios):
             raise ConversationError(
@@ -69,7 +72,11 @@ def audio_refs(conversation: Conversation) -> list[AudioRef]:
                 if unknown:  # a misspelt key (a rate, say) would otherwise be dropped without a word
                     raise ConversationError(f"message {index}: unknown audio key(s) {unknown}; an audio takes "
                                             f"{', '.join(repr(k) for k in sorted(AUDIO_KEYS))}")
-                refs.append(AudioRef(audio["audio"], audio.get("text"), audio.get("sampling_rate")))
+                text = audio.get("text")
+                if text is not None and not isinstance(text, str):
+                    raise ConversationError(f"message {index}: an audio's 'text' must be its transcript (a string) "
+                                            f"or None to transcribe it, got {type(text).__name__}")
+                refs.append(AudioRef(audio["audio"], text, audio.get("sampling_rate")))
             else:  # a bare path or array
                 refs.append(AudioRef(audio, None))
     return refs

