@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from desta_audio import zoo
@@ -50,14 +51,22 @@ def _adapter_label(adapter: str | Path | None) -> str:
     return str(adapter)
 
 
-def _table(title: str, columns: tuple[str, ...], names: list[str]) -> Table:
-    """A table whose first column (the names to type) is never cut, however narrow the terminal; the other
-    columns fold their text onto more lines instead."""
+def _show(console: Console, title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A table where it fits the terminal; otherwise one block per row (the name, then `column: value` lines), so
+    that narrow terminals never cut ids such as `openai/whisper-large-v3` into fragments."""
     table = Table(title=title, title_justify="left")
-    table.add_column(columns[0], no_wrap=True, min_width=max(len(name) for name in names))
-    for column in columns[1:]:
-        table.add_column(column, overflow="fold")
-    return table
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    if console.measure(table, options=console.options.update(max_width=10**6)).maximum <= console.width:
+        console.print(table)
+        return
+    console.print(title, style="italic")
+    for name, *values in rows:
+        console.print(f"  [bold]{escape(name)}[/bold]")
+        for column, value in zip(columns[1:], values):
+            console.print(f"    {column}: {escape(value)}")
 
 
 @models_app.command("list")
@@ -65,15 +74,14 @@ def list_models() -> None:
     """Show the presets and the packaged models, and whether they are prepared in the cache."""
     console = Console()
     names = {name: f"{name} (default)" if name == zoo.DEFAULT_PRESET else name for name in zoo.PRESETS}
-    presets = _table("Presets", ("name", "encoder", "llm", "adapter", "trained", "prepared", "size"),
-                     list(names.values()))
+    preset_rows = []
     for preset in zoo.PRESETS.values():
         states = [_component_state(ref) for ref in (preset.encoder, preset.llm, preset.adapter)]
         packaged = [state for state, _ in states if state in ("yes", "no")]
         hub = any(state == "hub" for state, _ in states)
         prepared = "hub" if hub and not packaged else ("yes" if all(s == "yes" for s in packaged) else "no")
         size = sum(num_bytes for _, num_bytes in states)
-        presets.add_row(
+        preset_rows.append((
             names[preset.name],
             str(preset.encoder),
             str(preset.llm),
@@ -81,15 +89,16 @@ def list_models() -> None:
             "yes" if preset.trained else "no",
             prepared,
             _human_size(size) if size else "-",
-        )
-    console.print(presets)
+        ))
+    _show(console, "Presets", ("name", "encoder", "llm", "adapter", "trained", "prepared", "size"), preset_rows)
 
-    packaged = _table(f"Packaged models (cache: {zoo.models_dir()})", ("name", "kind", "description", "prepared",
-                                                                       "size"), list(zoo.PACKAGED))
+    packaged_rows = []
     for weights in zoo.PACKAGED.values():
         state, size = _component_state(weights.name)
-        packaged.add_row(weights.name, weights.kind, weights.description, state, _human_size(size) if size else "-")
-    console.print(packaged)
+        packaged_rows.append((weights.name, weights.kind, weights.description, state,
+                              _human_size(size) if size else "-"))
+    _show(console, f"Packaged models (cache: {zoo.models_dir()})", ("name", "kind", "description", "prepared", "size"),
+          packaged_rows)
 
 
 @models_app.command("prepare")
