@@ -1,4 +1,4 @@
-"""The `desta` command. Each stage registers its own sub-app here; imports stay lazy so `--help` is fast."""
+"""The `desta` command. Each stage registers its commands or sub-app here; imports stay lazy so `--help` is fast."""
 
 from __future__ import annotations
 
@@ -25,16 +25,15 @@ def _register_subcommands() -> None:
     from desta_audio.cli_models import models_app
 
     app.add_typer(models_app, name="models")
-    from desta_audio.serve.cli import demo_app, serve_app
+    from desta_audio.serve import cli as serve_cli
 
-    app.add_typer(serve_app, name="serve")
-    app.add_typer(demo_app, name="demo")
+    serve_cli.register(app)  # serve, demo
     from desta_audio.data.cli import app as data_app
 
     app.add_typer(data_app, name="data")
-    from desta_audio.train.cli import app as train_app
+    from desta_audio.train import cli as train_cli
 
-    app.add_typer(train_app, name="train")
+    train_cli.register(app)
     from desta_audio.eval.cli import app as eval_app
 
     app.add_typer(eval_app, name="eval")

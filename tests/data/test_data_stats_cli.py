@@ -122,3 +122,8 @@ def test_unreachable_endpoint_is_a_runtime_failure_naming_the_url(speech_manifes
                                  "--base-url", url, "--model", "m"])  # fmt: skip
     assert result.exit_code == 1 and f"error: could not reach {url}" in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_generate_help_names_the_ray_extra_in_full():
+    result = runner.invoke(app, ["generate", "--help"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0 and "pip install 'desta-audio[ray]'" in result.output

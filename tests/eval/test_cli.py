@@ -31,7 +31,7 @@ def test_mmau_run_rescore_and_report(tmp_path, monkeypatch):
     assert report.exit_code == 0 and (out / "report.png").exists()
 
 
-def test_speech_ifeval_runs_reference_backbone_and_replays_judge(tmp_path, monkeypatch):
+def test_speech_ifeval_runs_reference_backbone_names_each_summary_and_replays_judge(tmp_path, monkeypatch):
     data = _sif_fixture(tmp_path / "sif")
 
     class FakeDesta(FakeSystem):
@@ -44,8 +44,9 @@ def test_speech_ifeval_runs_reference_backbone_and_replays_judge(tmp_path, monke
                         classmethod(lambda cls, m: FakeSystem(lambda c: "the weather is nice", uses_text_audio=True)))
     out = tmp_path / "run"
     result = CliRunner().invoke(cli.app, ["speech-ifeval", "--data", str(data), "--out", str(out),
-                                          "--judge", "fake"])
+                                          "--judge", "fake"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
+    assert "speech_ifeval.reference" in result.output  # each summary names its run
     scores = json.loads((out / "speech_ifeval.scores.json").read_text())
     reference = json.loads((out / "speech_ifeval.reference.scores.json").read_text())
     assert reference["rates"]["closed_ended_questions"] == 50.0  # lowercase passes, JSON fails
@@ -58,6 +59,9 @@ def test_speech_ifeval_runs_reference_backbone_and_replays_judge(tmp_path, monke
     assert replay.exit_code == 0, replay.output
     assert json.loads((out / "speech_ifeval.scores.json").read_text())["ifrate"] == scores["ifrate"]
     assert (out / "judge-cache.jsonl").read_text().splitlines() == cache_lines  # nothing new was asked
+    foreign = CliRunner().invoke(cli.app, ["score", str(out / "speech_ifeval.predictions.jsonl"),
+                                           "--benchmark", "sakura", "--judge", "fake"], env={"COLUMNS": "300"})
+    assert foreign.exit_code == 2 and "--data" not in foreign.output and "--benchmark" in foreign.output
 
 
 def test_unreadable_benchmark_data_is_a_one_line_error_before_any_model_work(tmp_path, monkeypatch):
@@ -92,3 +96,53 @@ def test_unreadable_predictions_and_empty_run_folder_are_one_line_errors(tmp_pat
     assert score.exit_code == 2 and "mmau.predictions.jsonl:2: not valid JSON" in score.output
     report = CliRunner().invoke(cli.app, ["report", "run"], env={"COLUMNS": "300"})
     assert report.exit_code == 2 and "no *.scores.json" in report.output
+
+
+def test_max_new_tokens_also_bounds_the_text_only_reference_run(tmp_path, monkeypatch):
+    seen: dict[str, list] = {"desta": [], "reference": []}
+
+    class Recording(FakeSystem):
+        llm, tokenizer = None, None
+
+        def __init__(self, role, **kwargs):
+            super().__init__(lambda c: "- a\n- b", **kwargs)
+            self.role = role
+
+        def chat(self, conversations, **generation):
+            seen[self.role].append(generation["max_new_tokens"])
+            return super().chat(conversations, **generation)
+
+    monkeypatch.setattr(cli, "_system", lambda *_: Recording("desta"))
+    from desta_audio.eval import systems
+
+    monkeypatch.setattr(systems.TextBackbone, "from_desta",
+                        classmethod(lambda cls, m: Recording("reference", uses_text_audio=True)))
+    result = CliRunner().invoke(cli.app, ["speech-ifeval", "--data", str(_sif_fixture(tmp_path / "sif")),
+                                          "--out", str(tmp_path / "run"), "--max-new-tokens", "7", "--no-score"])
+    assert result.exit_code == 0, result.output
+    assert set(seen["desta"]) == {7} and set(seen["reference"]) == {7}
+
+
+def test_scoring_options_of_the_table_work_on_the_benchmark_commands(tmp_path, monkeypatch):
+    data = _write_mmau(tmp_path / "data", with_id=True)
+    monkeypatch.setattr(cli, "_system", lambda *_: FakeSystem(lambda c: "Piano"))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli.app, ["mmau", "--data", str(data), "--model", "fake", "--out", str(out),
+                                          "--missing", "skip"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "mmau.test-mini.manifest.json").read_text())
+    assert manifest["scoring"]["options"]["missing"] == "skip"
+    monkeypatch.setattr(cli, "_system", lambda *_: FakeSystem(lambda c: "- a\n- b"))
+    result = CliRunner().invoke(cli.app, ["speech-ifeval", "--data", str(_sif_fixture(tmp_path / "sif")),
+                                          "--out", str(out), "--judge", "fake", "--no-reference-backbone",
+                                          "--paragraph-split", "blank_lines"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "speech_ifeval.scores.json").read_text())["paragraph_split"] == "blank_lines"
+    bad = CliRunner().invoke(cli.app, ["score", str(out / "speech_ifeval.predictions.jsonl"), "--missing", "drop"])
+    assert bad.exit_code == 2
+
+
+def test_retention_help_describes_its_own_options():
+    result = CliRunner().invoke(cli.app, ["retention", "--help"], env={"COLUMNS": "250"})
+    text = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 0 and "api" not in text and "(JSON)" in text and "longest answer" in text

@@ -218,3 +218,10 @@ def test_a_refused_training_resume_speaks_of_the_recipe(tmp_path, monkeypatch):
     message = str(refused.value)
     assert message.startswith("training the self adapter: step-5 belongs to a run with other settings: optim.lr")
     assert "run.output_dir" not in message and "start over in a new OUT_DIR (or delete" in message
+
+
+def test_help_names_every_output_and_the_default_sources():
+    result = CliRunner().invoke(app, ["mini", "--help"], env={"COLUMNS": "250"})
+    text = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 0
+    assert "report.json" in text and "OUT_DIR/adapter" in text and "(default: all three)" in text

@@ -74,3 +74,12 @@ def test_a_bad_model_device_or_dtype_is_one_line(command, option, value, message
     result = CliRunner().invoke(app, [command, "--port", str(free_port()), option, value])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_help_usage_promises_no_subcommands(command):
+    _register_subcommands()
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    usage = next(line for line in result.output.splitlines() if "Usage:" in line)
+    assert usage.split() == ["Usage:", "desta", command, "[OPTIONS]"]

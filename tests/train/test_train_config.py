@@ -123,3 +123,20 @@ def test_cli_reports_settings_the_model_cannot_take_in_one_line(tmp_path):
     result = CliRunner().invoke(app, ["train", str(path), "lora.enabled=true", "lora.targets=[qq_proj]"])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("lora.targets: qq_proj matched no module") and "Traceback" not in result.output
+
+
+def test_help_shows_a_plain_command_with_its_usage_notes():
+    from desta_audio.cli import _register_subcommands, app
+
+    _register_subcommands()
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    usage = next(line for line in result.output.splitlines() if "Usage:" in line)
+    assert "COMMAND" not in usage and "torchrun" in result.output
+
+
+def test_an_unknown_key_lists_the_keys_its_section_takes():
+    with pytest.raises(ConfigError, match=r"optim\.lrr: .*unknown key; optim takes: lr, betas, eps, "):
+        build_config({"data": {"train": "x"}}, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match=r"unknown key; the config takes: model, lora, encoder, "):
+        build_config({"data": {"train": "x"}, "optimizer": {"lr": 1}})

@@ -32,8 +32,11 @@ def _server_errors() -> tuple[type[Exception], ...]:
     return (APIError,)
 
 
+DATA_FORMAT_HINT = "--data must be the benchmark's own release format (see the README's evaluation section)"
+
+
 @contextmanager
-def _user_errors() -> Iterator[None]:
+def _user_errors(record_hint: str = DATA_FORMAT_HINT) -> Iterator[None]:
     """Errors caused by the user's data, files, settings or servers end in a one-line message, not a traceback."""
     from desta_audio.eval.judge import JudgeCacheMiss
 
@@ -44,10 +47,19 @@ def _user_errors() -> Iterator[None]:
     except _server_errors() as error:
         _fail(f"{type(error).__name__}: {error} (finished predictions and verdicts are kept: run again to resume)")
     except KeyError as error:
-        _fail(f"a record has no {error} field; --data must be the benchmark's own release format (see the README's "
-              "evaluation section)")
+        _fail(f"a record has no {error} field; {record_hint}")
     except (OSError, ValueError) as error:  # FileNotFoundError, ConnectionError, AudioError, RecordError...
         _fail(str(error))
+
+
+class MissingOutputs(str, Enum):
+    wrong = "wrong"
+    skip = "skip"
+
+
+class ParagraphSplit(str, Enum):
+    newline = "newline"
+    blank_lines = "blank_lines"
 
 
 class SystemKind(str, Enum):
@@ -110,7 +122,8 @@ def _print_summary(module: Any, result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{module.NAME} ({result.get('scorer_version')})")
+    run_name = Path(result["predictions"]).name.removesuffix(".predictions.jsonl")  # tells the reference run apart
+    table = Table(title=f"{run_name} ({result.get('scorer_version')})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in module.headline(result).items():
@@ -119,6 +132,11 @@ def _print_summary(module: Any, result: dict[str, Any]) -> None:
         if result.get(key) not in (None, ""):
             table.add_row(key, str(result[key]))
     Console().print(table)
+
+
+def _generation(protocol: dict[str, Any], max_new_tokens: Optional[int]) -> dict[str, Any]:
+    """The benchmark's decoding settings; --max-new-tokens overrides them for every run of the command."""
+    return {**protocol, **({} if max_new_tokens is None else {"max_new_tokens": max_new_tokens})}
 
 
 def _run(benchmark: str, data: Path, model: str, system_kind: SystemKind, out: Optional[Path], limit: Optional[int],
@@ -144,9 +162,7 @@ def _run(benchmark: str, data: Path, model: str, system_kind: SystemKind, out: O
                            getattr(module, "JUDGE_MODEL", "gpt-4o-2024-11-20"), out_dir)
             if score_options.get("judge_prompts_file") is not None:
                 choose_judge_prompts(module, score_options["judge_prompts_file"], data)
-        generation = dict(module.GENERATION)
-        if max_new_tokens is not None:
-            generation["max_new_tokens"] = max_new_tokens
+        generation = _generation(module.GENERATION, max_new_tokens)
         manifest = {"benchmark": module.NAME, "data": str(data.resolve()), "scorer_version": module.SCORER_VERSION,
                     "system_prompt": getattr(module, "SYSTEM_PROMPT", None), "model": model,
                     "system_kind": system_kind.value, "limit": limit, **info}
@@ -162,7 +178,8 @@ def _run(benchmark: str, data: Path, model: str, system_kind: SystemKind, out: O
         if reference_backbone:
             backbone = TextBackbone.from_desta(system) if system_kind is SystemKind.desta else system
             run_inference(backbone, items, runs[1][0], batch_size=batch_size,
-                          generation=dict(getattr(module, "REFERENCE_GENERATION", generation)), manifest=runs[1][1])
+                          generation=_generation(getattr(module, "REFERENCE_GENERATION", module.GENERATION),
+                                                 max_new_tokens), manifest=runs[1][1])
         if not score:
             typer.echo(f"predictions: {runs[0][0]}")
         else:
@@ -205,7 +222,7 @@ SYSTEM = typer.Option(SystemKind.desta, "--system",
                            "served text LLM reading the benchmark's text version (api-text)")
 OUT = typer.Option(None, "--out", help="run folder (default runs/eval/<model>)")
 LIMIT = typer.Option(None, "--limit", help="only the first N items (per file/track/instance)")
-BATCH = typer.Option(4, "--batch-size")
+BATCH = typer.Option(4, "--batch-size", help="items per batched generate (--system api: requests in flight)")
 TOKENS = typer.Option(None, "--max-new-tokens", help="override the benchmark's protocol value")
 JUDGE = typer.Option(None, "--judge", help="none | fake | openai[:MODEL] | hf:PATH | replay:MODEL")
 JUDGE_CACHE = typer.Option(None, "--judge-cache", help="JSONL verdict cache (default <out>/judge-cache.jsonl)")
@@ -213,11 +230,17 @@ JUDGE_URL = typer.Option(None, "--judge-base-url", help="OpenAI-compatible endpo
 JUDGE_KEY = typer.Option("OPENAI_API_KEY", "--judge-key-env", help="environment variable holding the API key")
 JUDGE_PROMPTS = typer.Option(None, "--judge-prompts",
                              help="the benchmark's official judge code (its file or checkout folder; default: looked "
-                                  "for in and above --data), or a JSON file of replacements (see `desta eval "
-                                  "judge-prompts`)")
+                                  "for in and above the benchmark's data folder), or a JSON file of replacements "
+                                  "(see `desta eval judge-prompts`)")
 RESTART = typer.Option(False, "--restart", help="move the predictions already in --out aside and start over")
 SCORE = typer.Option(True, "--score/--no-score", help="score right after inference")
 ASR = typer.Option("whisper-base", "--asr", help="cascade only: Whisper model for transcription")
+MISSING = typer.Option(MissingOutputs.wrong, "--missing",
+                       help="MMAU: items without output count as wrong, or are left out (skip: what the official "
+                            "script does)")
+PARAGRAPHS = typer.Option(ParagraphSplit.newline, "--paragraph-split",
+                          help="Speech-IFEval: paragraphs split as the official checker does (newline) or at blank "
+                               "lines only")
 API_KEY_ENV = "DESTA_API_KEY"
 BASE_URL = typer.Option(None, "--base-url",
                         help=f"--system api/api-text: the server, e.g. http://localhost:8000/v1 (desta serve, vLLM); "
@@ -234,10 +257,11 @@ def mmau_command(data: Path = DATA, model: str = MODEL, system: SystemKind = SYS
                  version: Optional[str] = typer.Option(None, help="original | v05.15.25 (default: detected)"),
                  audio_dir: Optional[Path] = typer.Option(None, help="audio folder (default: beside the JSON)"),
                  raw: bool = typer.Option(False, "--raw", help="score the raw response, prefix included"),
-                 restart: bool = RESTART):
+                 missing: MissingOutputs = MISSING, restart: bool = RESTART):
     """MMAU test-mini/test: official string match on the answer with the DeSTA prefix removed."""
     _run("mmau", data, model, system, out, limit, batch_size, max_new_tokens, judge, judge_cache, judge_base_url,
-         judge_key_env, score, {"version": version, "audio_dir": audio_dir}, {"strip_prefix": not raw}, asr,
+         judge_key_env, score, {"version": version, "audio_dir": audio_dir},
+         {"strip_prefix": not raw, "missing": missing.value}, asr,
          base_url, restart)
 
 
@@ -280,7 +304,7 @@ def speech_ifeval_command(data: Path = DATA, model: str = MODEL, system: SystemK
                               True, "--reference-backbone/--no-reference-backbone",
                               help="also run the text-only backbone on textual_audio for the forgetting delta"),
                           reference_ifrate: Optional[float] = typer.Option(None, help="known reference IFrate"),
-                          judge_prompts: Optional[Path] = JUDGE_PROMPTS,
+                          paragraph_split: ParagraphSplit = PARAGRAPHS, judge_prompts: Optional[Path] = JUDGE_PROMPTS,
                           audio_dir: Optional[Path] = typer.Option(None, help="base folder of audio_filepath"),
                           restart: bool = RESTART):
     """Speech-IFEval: IFrate (closed-ended, creative writing, chain-of-thought) and forgetting delta."""
@@ -289,7 +313,8 @@ def speech_ifeval_command(data: Path = DATA, model: str = MODEL, system: SystemK
                    "--reference-ifrate (e.g. from a --system backbone run) to get the forgetting delta", err=True)
     _run("speech_ifeval", data, model, system, out, limit, batch_size, max_new_tokens, judge, judge_cache,
          judge_base_url, judge_key_env, score, {"audio_dir": audio_dir}, {"reference_ifrate": reference_ifrate,
-                                                                "judge_prompts_file": judge_prompts},
+                                                                "judge_prompts_file": judge_prompts,
+                                                                "paragraph_split": paragraph_split.value},
          asr, base_url, restart,
          reference_backbone=reference_backbone and reference_ifrate is None and system is SystemKind.desta)
 
@@ -317,18 +342,17 @@ def score_command(predictions: Path = typer.Argument(..., help="a *.predictions.
                   judge: Optional[str] = JUDGE, judge_cache: Optional[Path] = JUDGE_CACHE,
                   judge_base_url: Optional[str] = JUDGE_URL, judge_key_env: str = JUDGE_KEY,
                   raw: bool = typer.Option(False, "--raw", help="MMAU: score the raw response"),
-                  missing: str = typer.Option("wrong", help="MMAU: items without output: wrong | skip"),
+                  missing: MissingOutputs = MISSING,
                   matcher: Optional[str] = typer.Option(None, help="Dynamic-SUPERB: consecutive | judge"),
                   reference_ifrate: Optional[float] = typer.Option(None, help="Speech-IFEval: reference IFrate"),
-                  paragraph_split: str = typer.Option("newline", help="Speech-IFEval: newline (official) | "
-                                                                      "blank_lines"),
+                  paragraph_split: ParagraphSplit = PARAGRAPHS,
                   seed: int = typer.Option(0, help="VoiceBench: fallback seed"),
                   judge_prompts: Optional[Path] = JUDGE_PROMPTS):
     """Recompute scores from a predictions file; no model needed (judge verdicts replay from the cache)."""
     from desta_audio.eval.benchmarks import get_benchmark
     from desta_audio.eval.runner import manifest_path
 
-    with _user_errors():
+    with _user_errors("the predictions file must come from a run of that benchmark (see --benchmark)"):
         manifest_file = manifest_path(predictions)
         name = benchmark or (json.loads(manifest_file.read_text()).get("benchmark") if manifest_file.exists()
                              else None)
@@ -336,8 +360,8 @@ def score_command(predictions: Path = typer.Argument(..., help="a *.predictions.
             raise ValueError(f"{predictions}: no manifest beside it; pass --benchmark")
         judge_obj = _judge(judge, judge_cache, judge_base_url, judge_key_env,
                            getattr(get_benchmark(name), "JUDGE_MODEL", "gpt-4o-2024-11-20"), predictions.parent)
-        options = {"strip_prefix": not raw, "missing": missing, "matcher": matcher,
-                   "reference_ifrate": reference_ifrate, "paragraph_split": paragraph_split, "seed": seed,
+        options = {"strip_prefix": not raw, "missing": missing.value, "matcher": matcher,
+                   "reference_ifrate": reference_ifrate, "paragraph_split": paragraph_split.value, "seed": seed,
                    "judge_prompts_file": judge_prompts}
         _score_file(predictions, judge_obj, options, benchmark=name)
 
@@ -367,9 +391,13 @@ def report_command(run_dir: Path = typer.Argument(..., help="run folder with *.s
 
 
 @app.command("retention")
-def retention_command(model: str = MODEL, n: int = typer.Option(50, help="number of instructions"),
-                      seed: int = typer.Option(0), batch_size: int = BATCH,
-                      max_new_tokens: int = typer.Option(128), out: Optional[Path] = typer.Option(None)):
+def retention_command(model: str = typer.Option("desta-mini", help="DeSTA model: preset name, folder or hub id"),
+                      n: int = typer.Option(50, help="number of instructions"),
+                      seed: int = typer.Option(0, help="seed of the instruction sample"),
+                      batch_size: int = typer.Option(4, help="items per batched generate"),
+                      max_new_tokens: int = typer.Option(128, help="longest answer, in tokens"),
+                      out: Optional[Path] = typer.Option(None, help="also write the result and every answer here "
+                                                                    "(JSON)")):
     """Quick instruction-following retention check: audio model vs its text-only backbone."""
     from desta_audio.eval.retention import retention_check
     from desta_audio.eval.systems import load_desta

@@ -60,7 +60,8 @@ def mini(
     clips: Annotated[int, typer.Option(help="Training clips that get targets (the same for every source).")] = 1100,
     records: Annotated[int, typer.Option(help="Records each adapter trains on (the shared data budget).")] = 768,
     source: Annotated[Optional[list[str]], typer.Option(
-        "--source", help="Target sources to train and compare (repeat): self, other-llm, template.")] = None,
+        "--source", help="Target sources to train and compare (repeat): self, other-llm, template (default: all "
+                         "three).")] = None,
     corpus_size: Annotated[int, typer.Option(help="Approximate corpus size (clips).")] = 3500,
     seed: Annotated[int, typer.Option(help="Seed of the corpus, subset, sampling and training.")] = 0,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
@@ -69,8 +70,9 @@ def mini(
 
     Builds the corpus, writes targets three ways (the desta-mini backbone itself, SmolLM2-135M, templates),
     trains one desta-mini adapter per source on the same data budget, and evaluates them on the held-out split
-    against the untrained adapter and the text-only backbone. Result: OUT_DIR/report.md, report.png, and the
-    adapter OUT_DIR/runs/self/final (use it with `desta ask --model OUT_DIR/runs/self/final ...`)."""
+    against the untrained adapter and the text-only backbone. Result: OUT_DIR/report.md, report.json, report.png,
+    and OUT_DIR/adapter, the self-generated adapter in bfloat16 (use it with `desta ask --model OUT_DIR/adapter
+    ...`). OUT_DIR/recipe.json records the settings: a rerun with others is refused."""
     from desta_audio.recipe.mini import TARGET_SOURCES, RecipeSettings, run_recipe
 
     _check_out_dir(out_dir)

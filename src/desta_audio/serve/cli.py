@@ -13,9 +13,6 @@ import typer
 from desta_audio.audio_cache import DEFAULT_AUDIO_CACHE_MB
 from desta_audio.precision import DTYPE_HELP, check_dtype_names
 
-serve_app = typer.Typer(help="Serve a model over an OpenAI-compatible HTTP API.", add_completion=False)
-demo_app = typer.Typer(help="Run the web demo (upload or record audio, ask, chat).", add_completion=False)
-
 logger = logging.getLogger(__name__)
 
 _MODEL_HELP = "preset name (desta-tiny, desta-mini), local model folder or hub id"
@@ -90,7 +87,6 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-@serve_app.callback(invoke_without_command=True)
 def serve(
     model: Annotated[str, typer.Option(help=_MODEL_HELP)] = "desta-tiny",
     host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 exposes it to the network)")] = "127.0.0.1",
@@ -126,7 +122,10 @@ def serve(
         help="also serve the web demo at /demo, through the same batcher (behind a login with --api-key)")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error", callback=_log_level)] = "info",
 ) -> None:
-    """Start the API: POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics."""
+    """Serve a model over an OpenAI-compatible HTTP API.
+
+    Endpoints: POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics (and /demo with --demo).
+    """
     from desta_audio.serve.api import ServeSettings, create_app
     from desta_audio.serve.server import run_server
 
@@ -156,7 +155,6 @@ def serve(
     run_server(app, host=host, port=port, log_level=log_level)
 
 
-@demo_app.callback(invoke_without_command=True)
 def run_demo(
     model: Annotated[str, typer.Option(help=_MODEL_HELP)] = "desta-tiny",
     host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 exposes it to the network)")] = "127.0.0.1",
@@ -166,7 +164,10 @@ def run_demo(
     max_new_tokens: Annotated[int, typer.Option(help="longest answer, in tokens", **_COUNT)] = 256,
     audio_cache_mb: Annotated[float, typer.Option(help=_AUDIO_CACHE_HELP, callback=_number(0))] = DEFAULT_AUDIO_CACHE_MB,
 ) -> None:
-    """Start the web demo on its own (greedy answers)."""
+    """Run the web demo (upload or record audio, ask, chat).
+
+    The demo alone, greedy answers; `desta serve --demo` serves it beside the API instead.
+    """
     from desta_audio.serve.demo import build_demo, model_answer_function, theme
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -175,3 +176,9 @@ def run_demo(
     loaded.enable_audio_cache(audio_cache_mb)
     answer = model_answer_function(loaded, max_new_tokens=max_new_tokens)
     build_demo(answer).launch(server_name=host, server_port=port, share=False, theme=theme(), footer_links=[])
+
+
+def register(app: typer.Typer) -> None:
+    # Plain commands, not sub-apps: a sub-app's usage line would promise subcommands that do not exist.
+    app.command("serve")(serve)
+    app.command("demo")(run_demo)

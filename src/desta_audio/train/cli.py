@@ -9,11 +9,12 @@ from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(help="Train the adapter (and optional LoRA) on self-generated alignment records.",
-                  add_completion=False, context_settings={"allow_interspersed_args": True})
+# One command and no callback: `python -m desta_audio.train` runs it directly (usage without a COMMAND).
+app = typer.Typer(add_completion=False)
+_SETTINGS = {"allow_interspersed_args": True}
 
 
-@app.callback(invoke_without_command=True)
+@app.command(context_settings=_SETTINGS)
 def train(
     config: Annotated[Path, typer.Argument(help="YAML training config, e.g. configs/train_tiny.yaml")],
     overrides: Annotated[Optional[list[str]], typer.Argument(
@@ -22,8 +23,11 @@ def train(
     cache_only: Annotated[bool, typer.Option("--cache-only", help="build the feature cache and exit")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
-    """Train from CONFIG. Run under `torchrun --nproc-per-node N desta train ...` for several processes; a run
-    resumes from the latest checkpoint of its output_dir (run.resume=never starts over)."""
+    """Train the adapter (and optional LoRA) on self-generated alignment records.
+
+    Train from CONFIG. Run under `torchrun --nproc-per-node N -m desta_audio.train ...` for several processes; a
+    run resumes from the latest checkpoint of its output_dir (run.resume=never starts over).
+    """
     from desta_audio.train.config import ConfigError, dump_config, load_config
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
@@ -70,3 +74,7 @@ def train(
     if result.steps:
         typer.echo(f"last step {result.steps[-1].step}: loss {result.steps[-1].loss:.4f}; metrics in "
                    f"{result.output_dir}/metrics.csv")
+
+
+def register(parent: typer.Typer) -> None:
+    parent.command("train", context_settings=_SETTINGS)(train)

@@ -270,6 +270,15 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _known_keys(location: tuple[Any, ...]) -> str:
+    """The keys the unknown key's section does take (the example configs set only the common ones)."""
+    section = _field_annotation([str(part) for part in location[:-1]])
+    if not (isinstance(section, type) and issubclass(section, BaseModel)):
+        return " (unknown key)"
+    owner = ".".join(str(part) for part in location[:-1]) or "the config"
+    return f" (unknown key; {owner} takes: {', '.join(section.model_fields)})"
+
+
 def build_config(raw: dict[str, Any], overrides: list[str] | None = None, *, source: str = "config") -> TrainConfig:
     merged = _merge(raw or {}, parse_overrides(overrides or []))
     try:
@@ -278,8 +287,7 @@ def build_config(raw: dict[str, Any], overrides: list[str] | None = None, *, sou
         problems = []
         for issue in error.errors():
             where = ".".join(str(p) for p in issue["loc"]) or "(top level)"
-            hint = " (unknown key: check the spelling against configs/train_tiny.yaml)" \
-                if issue["type"] == "extra_forbidden" else ""
+            hint = _known_keys(issue["loc"]) if issue["type"] == "extra_forbidden" else ""
             problems.append(f"  {where}: {issue['msg'].removeprefix('Value error, ')}{hint}")
         raise ConfigError(f"{source}: invalid training configuration:\n" + "\n".join(problems)) from None
 
