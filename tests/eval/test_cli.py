@@ -146,3 +146,20 @@ def test_retention_help_describes_its_own_options():
     result = CliRunner().invoke(cli.app, ["retention", "--help"], env={"COLUMNS": "250"})
     text = " ".join(result.output.replace("│", " ").split())
     assert result.exit_code == 0 and "api" not in text and "(JSON)" in text and "longest answer" in text
+
+
+def test_dynamic_superb_empty_label_option_reaches_the_scorer(tmp_path):
+    predictions = tmp_path / "dynamic_superb.predictions.jsonl"
+    rows = [{"id": f"SpeechDetection_X/{i}", "instance": "SpeechDetection_X", "dimension": "Content", "label": label,
+             "instruction": "?", "response": "It is music."} for i, label in enumerate(["[noise]", "yes"])]
+    predictions.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    scores = tmp_path / "dynamic_superb.scores.json"
+    overall = {}
+    for option in ("match", "wrong"):
+        result = CliRunner().invoke(cli.app, ["score", str(predictions), "--benchmark", "dynamic_superb",
+                                              "--empty-label", option])
+        assert result.exit_code == 0, result.output
+        overall[option] = json.loads(scores.read_text())["overall"]
+    assert overall == {"match": 50.0, "wrong": 0.0}  # "[noise]" has no words: DeSTA's metric matches any reply
+    assert CliRunner().invoke(cli.app, ["dynamic-superb", "--help"], env={"COLUMNS": "250"}).output.count(
+        "--empty-label") == 1

@@ -126,6 +126,7 @@ def test_judge_setup_errors_are_one_line(tmp_path, monkeypatch):
                                           "openai", "--judge-key-env", "NO_SUCH_KEY"], env={"COLUMNS": "300"})
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "NO_SUCH_KEY is not set" in _plain(result.output)
+    assert "--judge-base-url" in _plain(result.output)  # the option a local judge server needs, by name
 
 
 def _sdqa_two_accents(path):

@@ -41,3 +41,13 @@ def test_report_markdown_json_and_chart(tmp_path):
     summary = json.loads(outputs["json"].read_text())["summary"]
     assert summary["voicebench"]["overall"] == 80.0
     assert outputs["png"].stat().st_size > 1000
+
+
+def test_report_shows_each_sakura_hop_once_beside_the_published_numbers(tmp_path):
+    (tmp_path / "sakura.scores.json").write_text(json.dumps({
+        "benchmark": "sakura", "average": {"single": 62.5, "multi": 40.0},
+        "tracks": {"Animal": {"single": 62.5, "multi": 40.0}}}))
+    text = write_report(tmp_path, label="desta-tiny")["markdown"].read_text()
+    metric_rows = [line for line in text.splitlines() if line.startswith("| single") or line.startswith("| multi")]
+    assert metric_rows == ["| single | 62.50 |", "| multi | 40.00 |"]
+    assert "| **desta-tiny** | 40.00 | 62.50 |" in text  # columns multi, single, as the published rows

@@ -303,6 +303,10 @@ def test_413_names_the_real_limit_and_carries_cors_headers():
     assert response.status_code == 413
     assert "limit of 0.5 MB" in response.json()["error"]["message"]
     assert response.headers["access-control-allow-origin"] == origin
+    with running_server(create_app(FakeModel(), ServeSettings(model_id=MODEL, max_request_mb=0.01))) as url:
+        response = httpx.post(f"{url}/v1/chat/completions", content=b"x" * 20_000,
+                              headers={"content-type": "application/json"})
+    assert "limit of 0.01 MB" in response.json()["error"]["message"]  # not the byte rounding's 0.00999928
 
 
 def metric_lines(url: str, name: str) -> list[str]:

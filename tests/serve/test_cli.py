@@ -83,3 +83,28 @@ def test_help_usage_promises_no_subcommands(command):
     assert result.exit_code == 0
     usage = next(line for line in result.output.splitlines() if "Usage:" in line)
     assert usage.split() == ["Usage:", "desta", command, "[OPTIONS]"]
+
+
+def test_demo_names_its_address_without_gradios_launch_advice(monkeypatch):
+    import gradio
+    import httpx
+
+    seen: dict = {}
+
+    def serve_once(blocks):  # instead of waiting for Ctrl-C: check the page is up, then stop
+        seen["status"] = httpx.get(blocks.local_url).status_code
+        blocks.close()
+
+    class DemoModel(FakeModel):
+        def enable_audio_cache(self, max_mb: float) -> None:  # as DeSTAModel's; the fake has nothing to cache
+            pass
+
+    monkeypatch.setattr("desta_audio.serve.cli._load_model", lambda *a, **k: DemoModel())
+    monkeypatch.setattr(gradio.Blocks, "block_thread", serve_once)
+    _register_subcommands()
+    port = free_port()
+    result = CliRunner().invoke(app, ["demo", "--port", str(port)])
+    assert result.exit_code == 0, result.output
+    assert seen["status"] == 200
+    assert f"desta demo: open http://127.0.0.1:{port}/ in a browser" in result.output
+    assert "share=True" not in result.output  # a command user cannot edit launch()

@@ -57,6 +57,11 @@ class MissingOutputs(str, Enum):
     skip = "skip"
 
 
+class EmptyLabel(str, Enum):
+    match = "match"
+    wrong = "wrong"
+
+
 class ParagraphSplit(str, Enum):
     newline = "newline"
     blank_lines = "blank_lines"
@@ -238,6 +243,9 @@ ASR = typer.Option("whisper-base", "--asr", help="cascade only: Whisper model fo
 MISSING = typer.Option(MissingOutputs.wrong, "--missing",
                        help="MMAU: items without output count as wrong, or are left out (skip: what the official "
                             "script does)")
+EMPTY_LABEL = typer.Option(EmptyLabel.match, "--empty-label",
+                           help="Dynamic-SUPERB: a label with no words after normalising ('[noise]') matches any "
+                                "reply, as in DeSTA's metric (match), or counts as a miss (wrong)")
 PARAGRAPHS = typer.Option(ParagraphSplit.newline, "--paragraph-split",
                           help="Speech-IFEval: paragraphs split as the official checker does (newline) or at blank "
                                "lines only")
@@ -274,10 +282,11 @@ def dynamic_superb_command(data: Path = DATA, model: str = MODEL, system: System
                            base_url: Optional[str] = BASE_URL,
                            judge_prompts: Optional[Path] = JUDGE_PROMPTS,
                            matcher: str = typer.Option("consecutive", help="consecutive | judge"),
-                           restart: bool = RESTART):
+                           empty_label: EmptyLabel = EMPTY_LABEL, restart: bool = RESTART):
     """Dynamic-SUPERB Phase-1: accuracy per instance, per dimension and overall."""
     _run("dynamic_superb", data, model, system, out, limit, batch_size, max_new_tokens, judge, judge_cache,
-         judge_base_url, judge_key_env, score, {}, {"matcher": matcher, "judge_prompts_file": judge_prompts}, asr,
+         judge_base_url, judge_key_env, score, {}, {"matcher": matcher, "empty_label": empty_label.value,
+                                                              "judge_prompts_file": judge_prompts}, asr,
          base_url, restart)
 
 
@@ -344,6 +353,7 @@ def score_command(predictions: Path = typer.Argument(..., help="a *.predictions.
                   raw: bool = typer.Option(False, "--raw", help="MMAU: score the raw response"),
                   missing: MissingOutputs = MISSING,
                   matcher: Optional[str] = typer.Option(None, help="Dynamic-SUPERB: consecutive | judge"),
+                  empty_label: EmptyLabel = EMPTY_LABEL,
                   reference_ifrate: Optional[float] = typer.Option(None, help="Speech-IFEval: reference IFrate"),
                   paragraph_split: ParagraphSplit = PARAGRAPHS,
                   seed: int = typer.Option(0, help="VoiceBench: fallback seed"),
@@ -361,6 +371,7 @@ def score_command(predictions: Path = typer.Argument(..., help="a *.predictions.
         judge_obj = _judge(judge, judge_cache, judge_base_url, judge_key_env,
                            getattr(get_benchmark(name), "JUDGE_MODEL", "gpt-4o-2024-11-20"), predictions.parent)
         options = {"strip_prefix": not raw, "missing": missing.value, "matcher": matcher,
+                   "empty_label": empty_label.value,
                    "reference_ifrate": reference_ifrate, "paragraph_split": paragraph_split.value, "seed": seed,
                    "judge_prompts_file": judge_prompts}
         _score_file(predictions, judge_obj, options, benchmark=name)

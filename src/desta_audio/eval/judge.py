@@ -54,8 +54,9 @@ class OpenAIJudge:
         key = os.environ.get(api_key_env)
         if key is None and base_url is None:
             raise RuntimeError(
-                f"OpenAI judge {model!r}: environment variable {api_key_env} is not set; export it, or pass a "
-                "base URL of a local OpenAI-compatible server (its key may be any string)"
+                f"OpenAI judge {model!r}: environment variable {api_key_env} is not set; export it (or name another "
+                "with --judge-key-env), or point --judge-base-url at a local OpenAI-compatible server (its key "
+                "may be any string)"
             )
         self._client = OpenAI(base_url=base_url, api_key=key or "not-needed", timeout=timeout, max_retries=max_retries)
 

@@ -39,9 +39,6 @@ def summarize(scores: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, fl
             merged.update(module.headline(result))
         if name == "voicebench":
             merged["overall"] = module.overall(merged)
-        if name == "sakura" and results:
-            merged["multi"] = results[0]["average"].get("multi")
-            merged["single"] = results[0]["average"].get("single")
         summary[name] = merged
     return summary
 

@@ -314,7 +314,7 @@ class _BodySizeLimit:
     async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
         error = APIError(
             413,
-            f"the request body is larger than this server's limit of {self.max_bytes / 1024 / 1024:g} MB; "
+            f"the request body is larger than this server's limit of {round(self.max_bytes / 2**20, 3):g} MB; "
             "send shorter or compressed (mp3/ogg) audio",
             code="request_too_large",
             headers={"Connection": "close"},

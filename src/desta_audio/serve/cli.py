@@ -175,7 +175,12 @@ def run_demo(
     loaded = _load_model(model, device, dtype)
     loaded.enable_audio_cache(audio_cache_mb)
     answer = model_answer_function(loaded, max_new_tokens=max_new_tokens)
-    build_demo(answer).launch(server_name=host, server_port=port, share=False, theme=theme(), footer_links=[])
+    demo = build_demo(answer)
+    # quiet: Gradio's start-up text advises editing launch() for a public link, which a command user cannot do.
+    demo.launch(server_name=host, server_port=port, share=False, theme=theme(), footer_links=[], quiet=True,
+                prevent_thread_lock=True)
+    typer.echo(f"desta demo: open {demo.local_url} in a browser (Ctrl-C to stop)")
+    demo.block_thread()
 
 
 def register(app: typer.Typer) -> None:

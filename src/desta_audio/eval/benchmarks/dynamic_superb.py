@@ -7,7 +7,8 @@ Instructions already list the options.
 Scoring: accuracy per instance, averaged per dimension and overall. Free-form answers need a matcher:
 `consecutive` (default: DeSTA's metric, the normalised label's words appear contiguously in the prediction) or
 `judge` (an LLM answers "Result: YES/NO"); the matcher used is recorded. As in DeSTA's metric, a label that
-normalises to no words ("[noise]", "?") matches every reply; `empty_label="wrong"` counts such items as misses.
+normalises to no words ("[noise]", "?") matches every reply; `empty_label="wrong"` (`--empty-label wrong`) counts
+such items as misses.
 """
 
 from __future__ import annotations
