@@ -79,6 +79,10 @@ def test_text_fields_keep_numeric_looking_values_as_typed(typed, folder):
     ("freeze.frozen=['a', '[b']", r"freeze.frozen: '\[b' is not a valid regular expression"),
     ("model.overrides={foo: 1}", r"model.overrides: unknown DeSTAConfig field\(s\) foo; the fields are .*prompt_size"),
     ("lora.targets=[]", r"lora.targets: List should have at least 1 item"),
+    # Refused by AdamW or numpy otherwise, with a traceback and (betas, eps) only once the model had loaded.
+    ("optim.betas=[1.5, 0.9]", r"optim.betas.0: Input should be less than 1"),
+    ("optim.eps=-1e-8", r"optim.eps: Input should be greater than or equal to 0"),
+    ("run.seed=-1", r"run.seed: Input should be greater than or equal to 0"),
 ])
 def test_bad_values_are_refused_when_the_config_is_read(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -42,7 +42,7 @@ def train(
         return
 
     from desta_audio.audio import AudioError
-    from desta_audio.train.recipe import Trainer, TrainingError
+    from desta_audio.train.recipe import Trainer, TrainingError, TrainingInterrupted
     from desta_audio.train.records import RecordError
 
     try:
@@ -64,6 +64,9 @@ def train(
     except TrainingError as error:
         typer.echo(f"training stopped: {error}", err=True)
         raise typer.Exit(1) from None
+    except TrainingInterrupted as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(130) from None  # the shell's code for Ctrl-C
     except (RecordError, AudioError) as error:
         typer.echo(f"cannot train on this data: {error}", err=True)
         raise typer.Exit(2) from None

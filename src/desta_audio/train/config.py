@@ -9,12 +9,13 @@ from __future__ import annotations
 import re
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
+_BETA = Annotated[float, Field(ge=0, lt=1)]  # what AdamW accepts; refused here, before the model loads
 _SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
@@ -134,8 +135,8 @@ class BatchingSection(_Section):
 
 class OptimSection(_Section):
     lr: float = Field(1e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-8
+    betas: tuple[_BETA, _BETA] = (0.9, 0.98)
+    eps: float = Field(1e-8, ge=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(5000, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
@@ -146,7 +147,7 @@ class RunSection(_Section):
     output_dir: str = "runs/desta"
     epochs: float = Field(5.0, gt=0)
     max_steps: int | None = Field(None, gt=0)  # overrides epochs
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**31)  # numpy takes 0 <= seed + process rank < 2**32
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     log_every: int = Field(10, gt=0)
     val_every: int | None = Field(500, gt=0)  # also validates at the end when a validation split exists

@@ -12,6 +12,8 @@ import logging
 import math
 import os
 import re
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from torch import nn
 
 from desta_audio.processing import IGNORE_INDEX
 from desta_audio.train.checkpoint import (
+    latest_checkpoint,
     load_checkpoint,
     rng_state,
     save_adapter,
@@ -46,7 +49,7 @@ from desta_audio.train.resume import (
     record_changes,
 )
 from desta_audio.train.sampler import DurationBatchSampler
-from desta_audio.train.trainable import configure_trainable
+from desta_audio.train.trainable import WHISPER, configure_trainable
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,38 @@ FIX_RECORD = "replace the file with a readable one or drop the record"
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite losses or gradients, inconsistent data), with what to do."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run; the message names the checkpoint the same command resumes from."""
+
+
+class StopRequest:
+    """While active, a first Ctrl-C (SIGINT) only asks the run to stop once the step in progress is done (it is
+    then checkpointed); a second one interrupts at once. Python's default (interrupt at once; the last whole
+    checkpoint stays) is kept outside the main thread and under torchrun, whose processes each see the signal at
+    their own moment and would not stop after the same step."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.requested = False
+        self._enabled = (enabled and threading.current_thread() is threading.main_thread()
+                         and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        self._previous: Any = None
+
+    def __enter__(self) -> "StopRequest":
+        if self._enabled:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again stops at once)")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 # ----- audio and loss -----
@@ -79,6 +114,17 @@ def token_loss(model: Any, batch: Any, audio_tokens: torch.Tensor | None) -> tup
     else:
         logits = llm(inputs_embeds=embeds, attention_mask=attention_mask).logits[:, :-1][labelled]
     return F.cross_entropy(logits.float(), targets[labelled], reduction="sum"), int(labelled.sum())
+
+
+def answer_matches(target: str, reply: str) -> bool:
+    """Consecutive-words match of a validation reply. A target with no words ("" or "?": the record trains the
+    model to say nothing) is matched by a reply without words only: DeSTA's metric would accept any reply, and
+    the plain match none, so either would score such records whatever the model learnt."""
+    from desta_audio.eval.textnorm import basic_normalize, consecutive_words_match
+
+    if not basic_normalize(target).split():
+        return not basic_normalize(reply).split()
+    return consecutive_words_match(target, reply)
 
 
 class LossModule(nn.Module):
@@ -229,8 +275,14 @@ class Trainer:
         log.info("trainable: %d tensors, %.2fM parameters", len(self.parameters),
                  sum(p.numel() for p in self.parameters) / 1e6)
 
+        # The encoder also trains when freeze.trainable picks its weights (encoder.mode frozen): it must then run
+        # with gradients, and cached states could neither reach those weights nor stay current.
+        encoder_trains = any(name.startswith(WHISPER) for name in self.trainable_names)
+        if encoder_trains and config.cache.enabled:
+            raise ConfigError("freeze.trainable makes Whisper encoder weights trainable: the feature cache would "
+                              "hold stale states no gradient goes through; set cache.enabled=false")
         cache = self._prepare_cache() if config.cache.enabled else None
-        self.features = AudioFeatures(self.model, cache, encoder_trainable=config.encoder.mode != "frozen")
+        self.features = AudioFeatures(self.model, cache, encoder_trainable=encoder_trains)
         if cache_only:
             return self
         self.loss_module = LossModule(self.model, self.features, {"train": self.train_records,
@@ -248,8 +300,14 @@ class Trainer:
                 self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
         self.sampler = self._sampler(self.train_records, shuffle=config.batching.shuffle)
-        per_epoch = max(1, len(self.sampler.batches(0)) // config.optim.grad_accum)
-        self.total_steps = config.run.max_steps or max(1, math.ceil(config.run.epochs * per_epoch))
+        # Rounded up: an epoch's last batches that do not fill a whole accumulation are trained too (in a step
+        # that runs into the next epoch), never left out of the count.
+        batches_per_epoch = len(self.sampler.batches(0))
+        self.total_steps = config.run.max_steps or max(
+            1, math.ceil(config.run.epochs * batches_per_epoch / config.optim.grad_accum))
+        if config.optim.warmup_steps > self.total_steps:
+            log.warning("optim.warmup_steps=%d is more than the run's %d steps: the learning rate stays below "
+                        "optim.lr (%g) throughout", config.optim.warmup_steps, self.total_steps, config.optim.lr)
         from transformers import get_cosine_schedule_with_warmup
 
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.optim.lr, betas=tuple(config.optim.betas),
@@ -288,6 +346,9 @@ class Trainer:
         if not self.train_records:
             raise TrainingError(f"{data.train}: no training records (after holding out {data.val_fraction:.0%})")
         log.info("%d training records, %d validation records", len(self.train_records), len(self.val_records))
+        if data.val_fraction and not self.val_records:
+            log.warning("data.val_fraction=%s held out none of the %d records: no validation; raise it or give "
+                        "data.validation", data.val_fraction, len(self.train_records))
         if 0 < len(self.val_records) < self.dist.world:
             log.warning("%d validation records for %d processes: validation is skipped; hold out more",
                         len(self.val_records), self.dist.world)
@@ -396,45 +457,55 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
                    disable=not config.run.progress or self.dist.rank != 0, dynamic_ncols=True)
         before: dict[str, Any] | None = None
+        stop = StopRequest(enabled=not self.dist.enabled)
         try:
-            while self.step < stop_at:
-                # The state before this step: what a checkpoint holds if the step stops on bad data.
-                before = {"sampler_state": self.sampler.state_dict(), "rng": rng_state()}
-                clock = time.perf_counter()
-                lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
-                loss, grad_norm, samples, tokens, ok = self._train_step(
-                    [next(batches) for _ in range(config.optim.grad_accum)])
-                self.step += 1
-                before = None
-                seconds = time.perf_counter() - clock
-                if ok:
-                    bad_steps = 0
-                else:
-                    bad_steps += 1
-                    if bad_steps >= config.run.max_bad_steps:
-                        raise TrainingError(
-                            f"{bad_steps} steps in a row had a non-finite loss or gradient (last: step {self.step}); "
-                            "the weights were left untouched. Lower optim.lr, check the data, or use "
-                            "run.precision=fp32")
-                result.steps.append(StepLog(self.step, loss, lr, grad_norm, samples, seconds))
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples / seconds:.1f}")
-                if self.dist.rank == 0 and (self.step % config.run.log_every == 0 or self.step == stop_at or
-                                            self.step <= 1):
-                    self.metrics.write({"step": self.step, "split": "train", "epoch": self.sampler.epoch, "loss": loss,
-                                        "lr": lr, "grad_norm": grad_norm, "samples": samples,
-                                        "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
-                                        "elapsed_s": time.perf_counter() - started})
-                last = self.step == self.total_steps
-                due = bool(config.run.val_every and self.step % config.run.val_every == 0) or last
-                if due and len(self.val_records) >= self.dist.world:
-                    result.validation.append(self.validate())
-                if (config.run.save_every and self.step % config.run.save_every == 0) or self.step == stop_at:
-                    self.save()
+            with stop:
+                while self.step < stop_at:
+                    # The state before this step: what a checkpoint holds if the step stops on bad data.
+                    before = {"sampler_state": self.sampler.state_dict(), "rng": rng_state()}
+                    clock = time.perf_counter()
+                    lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+                    loss, grad_norm, samples, tokens, ok = self._train_step(
+                        [next(batches) for _ in range(config.optim.grad_accum)])
+                    self.step += 1
+                    before = None
+                    seconds = time.perf_counter() - clock
+                    if ok:
+                        bad_steps = 0
+                    else:
+                        bad_steps += 1
+                        if bad_steps >= config.run.max_bad_steps:
+                            raise TrainingError(
+                                f"{bad_steps} steps in a row had a non-finite loss or gradient (last: step "
+                                f"{self.step}); the weights were left untouched. Lower optim.lr, check the data, "
+                                "or use run.precision=fp32")
+                    result.steps.append(StepLog(self.step, loss, lr, grad_norm, samples, seconds))
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples / seconds:.1f}")
+                    if self.dist.rank == 0 and (self.step % config.run.log_every == 0 or self.step == stop_at or
+                                                self.step <= 1):
+                        self.metrics.write({"step": self.step, "split": "train", "epoch": self.sampler.epoch,
+                                            "loss": loss, "lr": lr, "grad_norm": grad_norm, "samples": samples,
+                                            "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
+                                            "elapsed_s": time.perf_counter() - started})
+                    last = self.step == self.total_steps
+                    due = bool(config.run.val_every and self.step % config.run.val_every == 0) or last
+                    if due and len(self.val_records) >= self.dist.world:
+                        result.validation.append(self.validate())
+                    if (config.run.save_every and self.step % config.run.save_every == 0) or self.step == stop_at:
+                        self.save()
+                    if stop.requested and self.step < stop_at:
+                        if self.saved_step != self.step:
+                            self.save()
+                        break
         except RecordError as error:
             raise self._stopped_on_bad_data(error, before) from None
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(f"interrupted during step {self.step + 1}; {self._resume_hint()}") from None
         finally:
             bar.close()
+        if stop.requested and self.step < stop_at:
+            raise TrainingInterrupted(f"stopped by Ctrl-C after step {self.step}; {self._resume_hint()}")
         if self.step >= self.total_steps:
             tensors = trained_tensors(self.model)  # every process: sharded LoRA weights are gathered
             if self.dist.rank == 0:
@@ -442,6 +513,12 @@ class Trainer:
                 plot_loss_curve(self.metrics.csv_path, self.output_dir / "loss_curve.png")
         self.dist.barrier()
         return result
+
+    def _resume_hint(self) -> str:
+        latest = latest_checkpoint(self.output_dir / "checkpoints")
+        if latest is None:
+            return "no checkpoint was saved yet, so the same command starts over"
+        return f"run the same command to resume from {latest}"
 
     def _stopped_on_bad_data(self, error: RecordError, before: dict[str, Any] | None) -> RecordError:
         """Checkpoint the last completed step (`before`: the state ahead of a step that did not complete), so
@@ -531,8 +608,6 @@ class Trainer:
         return metrics
 
     def _generation_accuracy(self, batch_size: int = 8) -> float:
-        from desta_audio.eval.textnorm import consecutive_words_match
-
         records = self.val_records[: self.config.validation.generate_samples]
         correct = 0
         for start in range(0, len(records), batch_size):
@@ -540,7 +615,7 @@ class Trainer:
             with self.autocast:
                 replies = self.model.chat([r.prompt_messages() for r in chunk], do_sample=False,
                                           max_new_tokens=self.config.validation.max_new_tokens)
-            correct += sum(consecutive_words_match(r.target, reply.text) for r, reply in zip(chunk, replies))
+            correct += sum(answer_matches(r.target, reply.text) for r, reply in zip(chunk, replies))
         return correct / max(len(records), 1)
 
     # ----- checkpoints -----
