@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import re
 import socket
 import threading
@@ -88,12 +89,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(app: Any) -> Iterator[str]:
-    """Run `app` (from create_app) as `desta serve` does, on a free loopback port in a thread; yields the base URL."""
+def running_server(app: Any, **server_options: Any) -> Iterator[str]:
+    """Run `app` (from create_app) as `desta serve` does, on a free loopback port in a thread; yields the base URL.
+    server_options go to `api_server`."""
     from desta_audio.serve.server import api_server
 
     port = free_port()
-    server = api_server(app, host="127.0.0.1", port=port, log_level="warning", grace_s=2)
+    server = api_server(app, host="127.0.0.1", port=port, log_level="warning", grace_s=2, **server_options)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -194,3 +196,17 @@ class TokenLoopChat:
                 break
             time.sleep(self.token_s)
         return [FakeReply(text, []) for text in texts]
+
+
+def raw_connection(url: str, sent: bytes = b"") -> socket.socket:
+    """A plain TCP connection to the server at `url` that has sent `sent` (a client the tests can misbehave with)."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(sent)
+    return sock
+
+
+def chat_request_bytes(body: dict[str, Any]) -> bytes:
+    data = json.dumps(body).encode()
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(data)) + data

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import socket
+import time
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -12,7 +15,15 @@ import pytest
 import soundfile as sf
 
 from desta_audio.serve.api import ServeSettings, create_app
-from tests.serve.helpers import FakeModel, audio_part, b64, running_server, tone_wav
+from tests.serve.helpers import (
+    FakeModel,
+    audio_part,
+    b64,
+    chat_request_bytes,
+    raw_connection,
+    running_server,
+    tone_wav,
+)
 
 MODEL = "desta-test"
 
@@ -103,6 +114,10 @@ def test_sampling_parameters_reach_the_model(served, fake):
 def test_stop_sequence_cuts_the_answer(served):
     reply = client(served).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
                                                    temperature=0, stop=["last="])
+    assert reply.choices[0].message.content == "roles=user "
+    as_many_as_allowed = [f"absent{i}" for i in range(15)] + ["last="]
+    reply = client(served).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
+                                                   temperature=0, stop=as_many_as_allowed)
     assert reply.choices[0].message.content == "roles=user "
 
 
@@ -352,6 +367,7 @@ def test_every_api_response_is_counted_once_by_route_and_status():
     ({"presence_penalty": -1}, "presence_penalty", "not supported"),
     ({"logit_bias": {"42": 100}}, "logit_bias", "not supported"),
     ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "modalities", "text only"),
+    ({"stop": [f"s{i}" for i in range(17)]}, "stop", "17 stop strings is more than this server's limit of 16"),
 ])
 def test_fields_that_would_change_the_answer_are_refused(served, extra, param, expected):
     response = httpx.post(f"{served}/v1/chat/completions",
@@ -398,3 +414,79 @@ def test_the_server_audio_limit_reaches_the_model():
     model.max_audio_seconds = 1200.0
     create_app(model, ServeSettings(model_id=MODEL, max_audio_seconds=2400))
     assert model.max_audio_seconds == 2400
+
+
+def closed_within(sock: socket.socket, limit_s: float) -> bytes:
+    """What the server sent before closing the connection; fails when it is still open after `limit_s`."""
+    sock.settimeout(limit_s)
+    received = b""
+    try:
+        while chunk := sock.recv(4096):
+            received += chunk
+    except socket.timeout:
+        raise AssertionError(f"the connection is still open after {limit_s} s (got {received[:80]!r})") from None
+    finally:
+        sock.close()
+    return received
+
+
+def test_a_body_that_never_finishes_gets_408_and_the_connection_closes():
+    settings = ServeSettings(model_id=MODEL, request_timeout_s=0.5)
+    with running_server(create_app(FakeModel(), settings)) as url:
+        whole = chat_request_bytes({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+        started = time.monotonic()
+        answer = closed_within(raw_connection(url, whole[:-10]), 5)
+        assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 0.5 s" in answer
+        assert time.monotonic() - started < 3
+        closing = whole.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+        assert b"HTTP/1.1 200" in closed_within(raw_connection(url, closing), 5)  # a whole body in time is served
+
+
+def test_connections_that_never_finish_their_headers_are_closed():
+    with running_server(create_app(FakeModel(), ServeSettings(model_id=MODEL)), headers_timeout_s=0.5) as url:
+        silent = raw_connection(url)
+        half = raw_connection(url, b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\n")
+        assert closed_within(silent, 5) == b"" and closed_within(half, 5) == b""
+        # A kept-alive connection is watched again from the first byte of its next request.
+        kept = raw_connection(url, b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+        first = b""
+        while not first.endswith(b"}"):
+            first += kept.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200")
+        kept.sendall(b"GET /health HTTP/1.1\r\n")
+        assert closed_within(kept, 5) == b""
+
+
+class _WordTokenizer:
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True):
+        return [word for message in messages for word in message["content"].split()]
+
+    def encode(self, text, add_special_tokens=False):
+        return text.split()
+
+
+class _SmallContextModel(FakeModel):
+    tokenizer = _WordTokenizer()
+    llm_model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=100))
+
+
+def test_a_request_beyond_the_llm_context_is_refused_naming_the_limit():
+    model = _SmallContextModel()
+    with running_server(create_app(model, ServeSettings(model_id=MODEL))) as url:
+        api = client(url)
+        fits = api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "w " * 90}],
+                                           max_tokens=10)
+        assert fits.usage.prompt_tokens == 90
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as caught:
+                api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "w " * 91}],
+                                            max_tokens=10, stream=stream)
+            assert "context is 100 tokens" in caught.value.message and "101 (91 in the messages" in caught.value.message
+            assert caught.value.code == "context_length_exceeded"
+        # Without max_tokens, the default answer length shrinks to what the context leaves.
+        api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "w " * 95}])
+        with pytest.raises(openai.BadRequestError) as caught:
+            api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "w " * 100}])
+        assert "(100 in the messages' text" in caught.value.message
+    assert model.batches == [1, 1]
+    assert model.calls[1]["max_new_tokens"] == 5

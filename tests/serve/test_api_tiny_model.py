@@ -149,3 +149,13 @@ def test_a_multi_turn_chat_encodes_its_clip_once_and_answers_as_without_the_cach
                           'desta_audio_cache_lookups_total{result="miss"} 0.0']
     assert lookups[64] == ['desta_audio_cache_lookups_total{result="hit"} 1.0',
                            'desta_audio_cache_lookups_total{result="miss"} 1.0']
+
+
+def test_a_text_prompt_beyond_the_llm_context_is_a_400_at_once(tiny):
+    limit = tiny.llm_model.config.max_position_embeddings
+    with running_server(create_app(tiny, ServeSettings(model_id=MODEL))) as url:
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
+        with pytest.raises(openai.BadRequestError) as caught:
+            api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hello " * limit}],
+                                        max_tokens=4, temperature=0)
+    assert f"context is {limit} tokens" in caught.value.message

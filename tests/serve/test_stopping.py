@@ -16,7 +16,15 @@ import httpx
 from desta_audio.serve.api import ServeSettings, create_app
 from desta_audio.serve.batcher import SamplingParams
 from desta_audio.serve.model_chat import model_chat_function
-from tests.serve.helpers import FakeModel, TokenLoopChat, free_port, running_server, wait_until
+from tests.serve.helpers import (
+    FakeModel,
+    TokenLoopChat,
+    chat_request_bytes,
+    free_port,
+    raw_connection,
+    running_server,
+    wait_until,
+)
 
 MODEL = "desta-test"
 REPO = Path(__file__).resolve().parents[2]
@@ -115,3 +123,36 @@ def test_a_request_past_its_timeout_gets_504_and_its_row_stops():
                               json={"model": MODEL, "messages": [{"role": "user", "content": "talk"}]})
         assert response.status_code == 504
         wait_until(lambda: chat.stopped_early == 1, "the row to stop", 5)
+
+
+def metric_value(url: str, line_start: str) -> float:
+    lines = [line for line in httpx.get(f"{url}/metrics").text.splitlines() if line.startswith(line_start)]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+def test_clients_that_leave_free_their_queue_slot_and_stop_their_row_and_are_counted():
+    chat = TokenLoopChat(words=5000)
+    settings = ServeSettings(model_id=MODEL, max_batch_size=1, max_queue=1, batch_window_ms=0)
+    app = create_app(FakeModel(), settings, chat=chat)
+    plain = chat_request_bytes({"model": MODEL, "messages": [{"role": "user", "content": "talk"}]})
+    streamed = chat_request_bytes({"model": MODEL, "messages": [{"role": "user", "content": "talk"}], "stream": True})
+    with running_server(app) as url:
+        running = raw_connection(url, plain)
+        assert chat.started.wait(5)
+        queued = raw_connection(url, plain)
+        wait_until(lambda: httpx.get(f"{url}/health").json()["queue_depth"] == 1, "a queued request")
+        queued.close()
+        wait_until(lambda: httpx.get(f"{url}/health").json()["queue_depth"] == 0, "the queue slot to be freed")
+        running.close()
+        wait_until(lambda: chat.stopped_early == 1, "the plain request's row to stop", 5)
+        chat.started.clear()
+        streaming = raw_connection(url, streamed)
+        assert chat.started.wait(5)
+        streaming.close()
+        wait_until(lambda: chat.stopped_early == 2, "the streamed request's row to stop", 5)
+        wait_until(lambda: metric_value(url, "desta_client_disconnects_total") == 3, "three disconnects counted")
+        assert metric_value(url, 'desta_requests_total{route="/v1/chat/completions",status="499"}') == 2
+        chat.words = 3  # a short answer, to show the server still serves
+        again = httpx.post(f"{url}/v1/chat/completions", timeout=30,
+                           json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    assert again.status_code == 200 and again.json()["choices"][0]["message"]["content"] == " word word word"

@@ -14,14 +14,16 @@ text that may start a stop string is held back until the next token settles it. 
 `stop_strings`, a request (streaming or not) also stops generating once its answer holds one of its stop strings,
 while its batch-mates go on; the text is still cut here, so answers are the same either way. A full queue is
 refused with 503 before the stream starts; failures after it has started (timeout, unusable audio, a model error,
-shutdown) arrive as a `data: {"error": {...}}` event followed by `[DONE]`, as OpenAI does. A client that disconnects stops
-receiving; its batch-mates are not affected. A model whose `chat` has no such hooks is still served: its answer is
+shutdown) arrive as a `data: {"error": {...}}` event followed by `[DONE]`, as OpenAI does. A client that disconnects
+(streamed or not) gives up its request: it leaves the queue, or its row stops at the next token; its batch-mates are
+not affected. A model whose `chat` has no such hooks is still served: its answer is
 sent in one content chunk when its batch is done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -257,6 +259,15 @@ def _sse_error(error: APIError) -> str:
 
 
 SSE_DONE = "data: [DONE]\n\n"
+# The status recorded for a request whose client left before its answer (nginx's convention; never sent).
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has closed its connection. Starlette does not cancel a route whose client left,
+    so without this a plain request would keep its queue slot or batch row until its answer was complete."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 # The routes whose responses desta_requests_total counts, by route and status.
 API_ROUTES = ("/v1/chat/completions", "/v1/models")
 
@@ -306,10 +317,12 @@ class _StreamChannel:
 # -- app -----------------------------------------------------------------------------------------------------
 class _BodySizeLimit:
     """Refuses bodies over the limit: by Content-Length up front, else while reading. The body is read here (the
-    app would read it whole anyway) because errors raised while the app reads it become FastAPI's generic 400."""
+    app would read it whole anyway) because errors raised while the app reads it become FastAPI's generic 400.
+    A body must be complete within `read_timeout_s` (408): uvicorn has no read timeout, so a client that never
+    finished its body would hold its connection, and what it sent, for good."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: Any, max_bytes: int, read_timeout_s: float) -> None:
+        self.app, self.max_bytes, self.read_timeout_s = app, max_bytes, read_timeout_s
 
     async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
         error = APIError(
@@ -331,8 +344,15 @@ class _BodySizeLimit:
             return
         chunks: list[bytes] = []
         size = 0
+        deadline = asyncio.get_running_loop().time() + self.read_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except (asyncio.TimeoutError, TimeoutError):
+                error = APIError(408, f"the request body did not arrive within {self.read_timeout_s:g} s",
+                                 code="request_timeout", headers={"Connection": "close"})
+                await _error_response(error)(scope, receive, send)
+                return
             if message["type"] == "http.disconnect":
                 return
             chunks.append(message.get("body", b""))
@@ -388,6 +408,9 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
     if hasattr(model, "max_audio_seconds"):  # the model re-checks decoded clips against its own limit
         model.max_audio_seconds = settings.max_audio_seconds
     tokenizer = getattr(model, "tokenizer", None)
+    # The LLM's context in tokens, when the model tells it (audio tokens come on top of the counted text).
+    llm_config = getattr(getattr(model, "llm_model", None), "config", None)
+    context_tokens = getattr(llm_config, "max_position_embeddings", None)
     policy = settings.audio_policy
     created = int(time.time())
 
@@ -407,7 +430,7 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
 
     # The last added runs first: every API response is counted, and the 413 passes through CORS (browsers can
     # read it).
-    app.add_middleware(_BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(_BodySizeLimit, max_bytes=settings.max_request_bytes, read_timeout_s=settings.request_timeout_s)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -461,15 +484,15 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
         return ModelList(data=[ModelCard(id=settings.model_id, created=created)])
 
     @app.post("/v1/chat/completions", dependencies=[Depends(require_api_key)], response_model=None)
-    async def chat_completions(body: ChatCompletionRequest) -> Response:
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         started = time.perf_counter()
-        response = await _complete(body, started)
+        response = await _complete(body, started, request)
         # A stream records its latency when its last event is out.
-        if not isinstance(response, StreamingResponse):
+        if not isinstance(response, StreamingResponse) and response.status_code != CLIENT_CLOSED_REQUEST:
             metrics.latency.observe(time.perf_counter() - started)
         return response
 
-    async def _complete(body: ChatCompletionRequest, started: float) -> Response:
+    async def _complete(body: ChatCompletionRequest, started: float, request: Request) -> Response:
         if body.model != settings.model_id:
             raise APIError(
                 404, f"model {body.model!r} is not served here; this server serves {settings.model_id!r}",
@@ -482,17 +505,30 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
         params = sampling_params(body, settings)
         conversation, audio_seconds = await run_in_threadpool(request_to_conversation, body, policy)
         metrics.audio_seconds.inc(audio_seconds)
+        prompt_tokens = await run_in_threadpool(_count_prompt_tokens, tokenizer, conversation)
+        params = _fit_context(prompt_tokens, params, asked_length=body.requested_max_tokens is not None)
         if body.stream:
-            return _stream(body, conversation, params, started)
+            return _stream(body, conversation, params, started, prompt_tokens)
+        answer = asyncio.ensure_future(asyncio.wait_for(
+            batcher.submit(conversation, params, stop=body.stop_sequences), timeout=settings.request_timeout_s))
+        client_gone = asyncio.ensure_future(_disconnected(request))
         try:
-            reply = await asyncio.wait_for(batcher.submit(conversation, params, stop=body.stop_sequences),
-                                           timeout=settings.request_timeout_s)
+            await asyncio.wait([answer, client_gone], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            client_gone.cancel()
+            if not answer.done():
+                answer.cancel()  # drops the request from the queue, or stops its row at the next token
+        if not answer.done() or answer.cancelled():
+            metrics.client_disconnects.inc()
+            return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; /metrics counts it
+        try:
+            reply = answer.result()
         except Exception as error:
             # An unexpected failure was logged where it happened; the client gets a plain 500.
             raise (_generation_error(error, settings) or _internal_error()) from None
 
         text, stopped = apply_stop(reply.text, body.stop_sequences)
-        completion_tokens, usage = await _usage(conversation, reply, text)
+        completion_tokens, usage = await _usage(prompt_tokens, reply, text)
         finish = _finish_reason(stopped, completion_tokens, params)
         transcripts = list(getattr(reply, "transcripts", None) or [])
         completion = ChatCompletion(
@@ -501,9 +537,21 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
         )
         return JSONResponse(completion.model_dump())
 
-    async def _usage(conversation: Conversation, reply: Any, text: str) -> tuple[int, Usage]:
+    def _fit_context(prompt_tokens: int, params: SamplingParams, asked_length: bool) -> SamplingParams:
+        """Refuses a request whose prompt and answer cannot fit in the LLM's context: past it the LLM would run for
+        minutes on a prompt it cannot use (then time out), or fail. A default answer length shrinks to fit."""
+        if not isinstance(context_tokens, int) or prompt_tokens + params.max_new_tokens <= context_tokens:
+            return params
+        if not asked_length and prompt_tokens < context_tokens:
+            return dataclasses.replace(params, max_new_tokens=context_tokens - prompt_tokens)
+        raise APIError(
+            400, f"this model's context is {context_tokens} tokens, but the request asks for "
+            f"{prompt_tokens + params.max_new_tokens} ({prompt_tokens} in the messages' text, "
+            f"{params.max_new_tokens} for the answer); shorten the messages or ask for fewer max_tokens",
+            param="messages", code="context_length_exceeded")
+
+    async def _usage(prompt_tokens: int, reply: Any, text: str) -> tuple[int, Usage]:
         completion_tokens = await run_in_threadpool(_count_completion_tokens, tokenizer, reply, text)
-        prompt_tokens = await run_in_threadpool(_count_prompt_tokens, tokenizer, conversation)
         metrics.completion_tokens.inc(completion_tokens)
         return completion_tokens, Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                         total_tokens=prompt_tokens + completion_tokens)
@@ -512,7 +560,7 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
         return "length" if not stopped and completion_tokens >= params.max_new_tokens else "stop"
 
     def _stream(body: ChatCompletionRequest, conversation: Conversation, params: SamplingParams,
-                started: float) -> StreamingResponse:
+                started: float, prompt_tokens: int) -> StreamingResponse:
         """Queue the request (a full queue still gets its 503 here) and answer with its event stream."""
         loop = asyncio.get_running_loop()
         channel = _StreamChannel(loop)
@@ -575,13 +623,16 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
                     late_transcripts = None if transcripts_sent else list(getattr(reply, "transcripts", None) or [])
                     if rest or late_transcripts is not None:
                         yield chunk(Delta(content=rest, transcripts=late_transcripts))
-                completion_tokens, usage = await _usage(conversation, reply, stop_filter.sent)
+                completion_tokens, usage = await _usage(prompt_tokens, reply, stop_filter.sent)
                 yield chunk(Delta(), _finish_reason(stop_filter.stopped, completion_tokens, params))
                 if include_usage:
                     yield _sse(ChatCompletionChunk(id=completion_id, created=now, model=settings.model_id,
                                                    choices=[], usage=usage))
                 yield SSE_DONE
                 metrics.latency.observe(time.perf_counter() - started)
+            except (asyncio.CancelledError, GeneratorExit):  # the client left (the response stops iterating)
+                metrics.client_disconnects.inc()
+                raise
             finally:
                 channel.forwarding = False
                 if not future.done():

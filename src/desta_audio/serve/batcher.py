@@ -238,8 +238,8 @@ class DynamicBatcher:
     # -- submission ------------------------------------------------------------------------------------------
     @property
     def queue_depth(self) -> int:
-        """Requests waiting for a batch (not counting the batch being generated)."""
-        return len(self._pending)
+        """Requests waiting for a batch (not counting the batch being generated, nor those given up while waiting)."""
+        return sum(1 for job in self._pending if not job.future.done())
 
     @property
     def running(self) -> int:

@@ -43,6 +43,11 @@ class ServeMetrics:
         self.audio_seconds = Counter(
             "desta_audio_seconds", "Seconds of audio received in requests.", registry=self.registry
         )
+        self.client_disconnects = Counter(
+            "desta_client_disconnects",
+            "Chat requests whose client left before the answer was complete (their generation was stopped).",
+            registry=self.registry,
+        )
         self.queue_depth = Gauge("desta_queue_depth", "Requests waiting for a batch.", registry=self.registry)
         self.running = Gauge("desta_running_requests", "Requests in the batch being generated.", registry=self.registry)
 
@@ -61,7 +66,8 @@ class ServeMetrics:
 class ResponseCounter:
     """ASGI middleware: counts each response to one of `routes` once, by route and status, whoever answered it (the
     route, validation, authentication, the body-size limit). CORS preflights are not requests to the API. A request
-    that fails before any response is counted as the 500 the server then sends; one whose client left, not at all."""
+    that fails before any response is counted as the 500 the server then sends; a chat request whose client left before
+its answer, as the 499 the API records for it."""
 
     def __init__(self, app: Any, counter: Counter, routes: tuple[str, ...]) -> None:
         self.app, self.counter, self.routes = app, counter, routes

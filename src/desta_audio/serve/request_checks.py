@@ -11,10 +11,16 @@ from __future__ import annotations
 from desta_audio.serve.schemas import ChatCompletionRequest
 
 _NO_TOOLS = "tools / function calling is not supported by this model"
+# OpenAI takes 4. Every stop string is checked at every token (on the event loop for a stream), so a body full of
+# them (100,000 took 0.16 s a token) would stall every client of the server.
+MAX_STOP_STRINGS = 16
 
 
 def unsupported_field(request: ChatCompletionRequest) -> tuple[str, str] | None:
     """(param, message) for the first field the request uses that this server cannot honour, else None."""
+    if len(request.stop_sequences) > MAX_STOP_STRINGS:
+        return "stop", (f"{len(request.stop_sequences)} stop strings is more than this server's limit of "
+                        f"{MAX_STOP_STRINGS}")
     if request.n != 1:
         return "n", f"n={request.n} is not supported; send n=1 (or several requests)"
     if request.tools or request.functions:
