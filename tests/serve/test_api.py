@@ -490,3 +490,18 @@ def test_a_request_beyond_the_llm_context_is_refused_naming_the_limit():
         assert "(100 in the messages' text" in caught.value.message
     assert model.batches == [1, 1]
     assert model.calls[1]["max_new_tokens"] == 5
+
+
+def test_connections_beyond_the_limit_get_503_at_once():
+    with running_server(create_app(FakeModel(), ServeSettings(model_id=MODEL)), max_connections=2) as url:
+        slow = [raw_connection(url, b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: "
+                                    b"application/json\r\nContent-Length: 1000\r\n\r\n{") for _ in range(2)]
+        time.sleep(0.3)  # both uploads are now open, and hold their connections
+        refused = httpx.get(f"{url}/health", timeout=10)
+        assert refused.status_code == 503
+        for sock in slow:
+            sock.close()
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{url}/health", timeout=10).status_code != 200:  # the slots come back once they leave
+            assert time.monotonic() < deadline
+            time.sleep(0.1)

@@ -22,14 +22,14 @@ def captured(monkeypatch):
 def test_serve_options_reach_the_app(captured):
     result = CliRunner().invoke(app, ["serve", "--model", "desta-tiny", "--port", "8123", "--api-key", "k",
                                       "--max-batch", "4", "--max-queue", "9", "--max-request-mb", "2",
-                                      "--cors-origin", "http://a.example", "--demo"])
+                                      "--cors-origin", "http://a.example", "--demo", "--max-connections", "40"])
     assert result.exit_code == 0, result.output
     settings = captured["app"].state.settings
     assert (captured["host"], captured["port"]) == ("127.0.0.1", 8123)
     assert (settings.model_id, settings.api_key, settings.max_batch_size, settings.max_queue) == ("desta-tiny", "k", 4, 9)
     assert settings.max_request_bytes == 2 * 1024 * 1024 and settings.cors_origins == ["http://a.example"]
     assert any(getattr(route, "path", "") == "/demo" for route in captured["app"].routes)
-    assert captured["log_level"] == "info"
+    assert captured["log_level"] == "info" and captured["max_connections"] == 40
 
 
 @pytest.mark.parametrize("command", ["serve", "demo"])
@@ -50,7 +50,7 @@ def test_a_taken_port_fails_before_the_model_loads(command, monkeypatch):
 
 @pytest.mark.parametrize(("command", "option", "value"), [
     ("serve", "--port", "99999"), ("serve", "--port", "0"), ("serve", "--max-batch", "0"),
-    ("serve", "--max-queue", "0"), ("serve", "--batch-window-ms", "-1"), ("serve", "--batch-refill", "nan"),
+    ("serve", "--max-queue", "0"), ("serve", "--max-connections", "0"), ("serve", "--batch-window-ms", "-1"), ("serve", "--batch-refill", "nan"),
     ("serve", "--max-audio-seconds", "0"), ("serve", "--max-request-mb", "-2"), ("serve", "--request-timeout", "inf"),
     ("serve", "--max-tokens-limit", "0"), ("serve", "--audio-cache-mb", "-1"), ("serve", "--log-level", "loud"),
     ("demo", "--port", "70000"), ("demo", "--max-new-tokens", "0"), ("demo", "--audio-cache-mb", "-5"),

@@ -105,6 +105,8 @@ def serve(
              "fraction of the last batch's time (clients that wait for each answer come back together); 0: off",
         callback=_number(0))] = 0.1,
     max_queue: Annotated[int, typer.Option(help="waiting requests before new ones get 503", **_COUNT)] = 64,
+    max_connections: Annotated[int, typer.Option(
+        help="open connections before new requests get 503 (bounds what slow uploads can hold)", **_COUNT)] = 256,
     max_audio_seconds: Annotated[float, typer.Option(help="most audio per request, in seconds",
                                                      callback=_number(0, above=True))] = 600.0,
     max_request_mb: Annotated[float, typer.Option(help="largest request body, in MB",
@@ -152,7 +154,7 @@ def serve(
         from desta_audio.serve.demo import mount_demo
 
         mount_demo(app)
-    run_server(app, host=host, port=port, log_level=log_level)
+    run_server(app, host=host, port=port, log_level=log_level, max_connections=max_connections)
 
 
 def run_demo(

@@ -23,6 +23,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 GRACE_S = 5.0  # for responses still being written when shutdown begins
 HEADERS_TIMEOUT_S = 30.0
+MAX_CONNECTIONS = 256  # open connections before new requests get uvicorn's 503: slow uploads cannot pile up
 
 
 class HeadersDeadlineProtocol(H11Protocol):
@@ -78,16 +79,19 @@ class APIServer(uvicorn.Server):
 
 
 def api_server(app: Any, *, host: str, port: int, log_level: str = "info", grace_s: float = GRACE_S,
-               headers_timeout_s: float = HEADERS_TIMEOUT_S) -> APIServer:
-    """A server for an app from `create_app` (its batcher is closed when shutdown begins)."""
+               headers_timeout_s: float = HEADERS_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> APIServer:
+    """A server for an app from `create_app` (its batcher is closed when shutdown begins). Past `max_connections`
+    open connections, a request is answered 503 at once (each slow upload may hold up to the body limit)."""
     protocol = functools.partial(HeadersDeadlineProtocol, headers_timeout_s=headers_timeout_s)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace_s,
-                            http=protocol)  # type: ignore[arg-type]
+                            http=protocol,
+                            limit_concurrency=max_connections + 1)  # uvicorn counts the newcomer too  # type: ignore[arg-type]
     return APIServer(config, on_shutdown=app.state.batcher.close)
 
 
-def run_server(app: Any, *, host: str, port: int, log_level: str = "info") -> None:
+def run_server(app: Any, *, host: str, port: int, log_level: str = "info",
+               max_connections: int = MAX_CONNECTIONS) -> None:
     try:
-        api_server(app, host=host, port=port, log_level=log_level).run()
+        api_server(app, host=host, port=port, log_level=log_level, max_connections=max_connections).run()
     except KeyboardInterrupt:
         pass  # uvicorn raises the Ctrl-C again once it has shut down cleanly; there is nothing left to report
