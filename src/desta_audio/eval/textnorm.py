@@ -30,15 +30,18 @@ def basic_normalize(text: str) -> str:
     return re.sub(r"\s+", " ", text)
 
 
-def consecutive_words_match(label: str, prediction: str, empty_label_matches: bool = False) -> bool:
+def consecutive_words_match(label: str, prediction: str, empty_label: str = "miss") -> bool:
     """DeSTA's "consecutive words" metric: the normalised label's words appear contiguously in the prediction.
 
-    A label with no words once normalised ("", "[noise]", "?") matches every prediction in DeSTA's own metric
-    (the empty word run is found anywhere); `empty_label_matches=True` keeps that, the default counts it as a miss.
+    A label with no words once normalised ("", "[noise]", "?") is decided by `empty_label`: "miss" (the default)
+    counts it as a miss; "any" matches every prediction, as DeSTA's own metric does (the empty word run is found
+    anywhere); "empty" matches only a prediction without words (a record that teaches the model to say nothing).
     """
     label_words = basic_normalize(label).lower().split()
     pred_words = basic_normalize(prediction).lower().split()
     if not label_words:
-        return empty_label_matches
+        if empty_label not in ("miss", "any", "empty"):
+            raise ValueError(f"empty_label must be 'miss', 'any' or 'empty', got {empty_label!r}")
+        return empty_label == "any" or (empty_label == "empty" and not pred_words)
     width = len(label_words)
     return any(pred_words[i : i + width] == label_words for i in range(len(pred_words) - width + 1))

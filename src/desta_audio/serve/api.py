@@ -268,6 +268,8 @@ async def _disconnected(request: Request) -> None:
     so without this a plain request would keep its queue slot or batch row until its answer was complete."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
 # The routes whose responses desta_requests_total counts, by route and status.
 API_ROUTES = ("/v1/chat/completions", "/v1/models")
 

@@ -116,17 +116,6 @@ def token_loss(model: Any, batch: Any, audio_tokens: torch.Tensor | None) -> tup
     return F.cross_entropy(logits.float(), targets[labelled], reduction="sum"), int(labelled.sum())
 
 
-def answer_matches(target: str, reply: str) -> bool:
-    """Consecutive-words match of a validation reply. A target with no words ("" or "?": the record trains the
-    model to say nothing) is matched by a reply without words only: DeSTA's metric would accept any reply, and
-    the plain match none, so either would score such records whatever the model learnt."""
-    from desta_audio.eval.textnorm import basic_normalize, consecutive_words_match
-
-    if not basic_normalize(target).split():
-        return not basic_normalize(reply).split()
-    return consecutive_words_match(target, reply)
-
-
 class LossModule(nn.Module):
     """One micro-batch -> (loss sum, labelled tokens). The unit DDP wraps, so gradients sync in its backward."""
 
@@ -608,6 +597,8 @@ class Trainer:
         return metrics
 
     def _generation_accuracy(self, batch_size: int = 8) -> float:
+        from desta_audio.eval.textnorm import consecutive_words_match
+
         records = self.val_records[: self.config.validation.generate_samples]
         correct = 0
         for start in range(0, len(records), batch_size):
@@ -615,7 +606,10 @@ class Trainer:
             with self.autocast:
                 replies = self.model.chat([r.prompt_messages() for r in chunk], do_sample=False,
                                           max_new_tokens=self.config.validation.max_new_tokens)
-            correct += sum(answer_matches(r.target, reply.text) for r, reply in zip(chunk, replies))
+            # A target with no words ("" or "?": the record teaches the model to say nothing) is matched only
+            # by a reply without words; accepting any reply, or none, would score it whatever the model learnt.
+            correct += sum(consecutive_words_match(r.target, reply.text, empty_label="empty")
+                           for r, reply in zip(chunk, replies))
         return correct / max(len(records), 1)
 
     # ----- checkpoints -----

@@ -132,7 +132,8 @@ def score(rows: list[dict[str, Any]], judge: Any = None, *, matcher: str = "cons
     for row in rows:
         response = response_of(row) or ""
         if matcher == "consecutive":
-            ok = consecutive_words_match(row["label"], response, empty_label_matches=empty_label == "match")
+            ok = consecutive_words_match(row["label"], response,
+                                         empty_label="any" if empty_label == "match" else "miss")
         else:
             verdict = parse_result(judge.judge(judge_messages(row["instruction"], row["label"], response,
                                                               prompts["match"]), **JUDGE_PARAMS))
