@@ -38,12 +38,15 @@ DATA_FORMAT_HINT = "--data must be the benchmark's own release format (see the R
 @contextmanager
 def _user_errors(record_hint: str = DATA_FORMAT_HINT) -> Iterator[None]:
     """Errors caused by the user's data, files, settings or servers end in a one-line message, not a traceback."""
-    from desta_audio.eval.judge import JudgeCacheMiss
+    from desta_audio.eval.judge import JudgeCacheMiss, JudgeError
 
     try:
         yield
     except JudgeCacheMiss as error:
         _fail(str(error))
+    except JudgeError as error:
+        _fail(f"{error} (the verdicts already given stay in the judge cache: run the same command again to ask "
+              "only for the rest)")
     except _server_errors() as error:
         _fail(f"{type(error).__name__}: {error} (finished predictions and verdicts are kept: run again to resume)")
     except KeyError as error:
@@ -229,7 +232,8 @@ OUT = typer.Option(None, "--out", help="run folder (default runs/eval/<model>)")
 LIMIT = typer.Option(None, "--limit", help="only the first N items (per file/track/instance)")
 BATCH = typer.Option(4, "--batch-size", help="items per batched generate (--system api: requests in flight)")
 TOKENS = typer.Option(None, "--max-new-tokens", help="override the benchmark's protocol value")
-JUDGE = typer.Option(None, "--judge", help="none | fake | openai[:MODEL] | hf:PATH | replay:MODEL")
+JUDGE = typer.Option(None, "--judge", help="none | fake | openai[:MODEL] | hf:MODEL (packaged LLM name, folder or "
+                                           "hub id) | replay:MODEL")
 JUDGE_CACHE = typer.Option(None, "--judge-cache", help="JSONL verdict cache (default <out>/judge-cache.jsonl)")
 JUDGE_URL = typer.Option(None, "--judge-base-url", help="OpenAI-compatible endpoint (vLLM, llama.cpp server...)")
 JUDGE_KEY = typer.Option("OPENAI_API_KEY", "--judge-key-env", help="environment variable holding the API key")

@@ -1,7 +1,7 @@
 """LLM judges: one small interface, several back ends, and a cache that replays verdicts offline.
 
 - `OpenAIJudge`: any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp server...), key read from an env variable.
-- `TransformersJudge`: a local HF causal LM folder.
+- `TransformersJudge`: a local HF chat model: a packaged LLM by name, a model folder or a hub id.
 - `FakeJudge`: deterministic rules, for tests and offline plumbing checks.
 - `CachedJudge`: wraps any judge; keyed by sha256 of (model, messages, params); a JSONL file that replays.
 
@@ -36,8 +36,22 @@ class JudgeCacheMiss(LookupError):
     """A verdict was asked of a replay-only cache that does not hold it."""
 
 
+class JudgeError(RuntimeError):
+    """A live judge gave no verdict (unreachable, refused, failing, or an answer without text); one line, naming
+    the judge and what to do. Nothing is cached for that request, so a rerun asks it again."""
+
+
+# Attempts after the first failure, with the client's exponential backoff (about 15 s in all before giving up).
+OPENAI_MAX_RETRIES = 5
+
+
 def _api_params(params: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in params.items() if not key.startswith("_") and value is not None}
+
+
+def _one_line(text: object, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def judge_samples(judge: Judge, messages: Messages, n: int, **params: Any) -> list[str]:
@@ -47,10 +61,11 @@ def judge_samples(judge: Judge, messages: Messages, n: int, **params: Any) -> li
 
 class OpenAIJudge:
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 120.0, max_retries: int = 5):
+                 timeout: float = 120.0, max_retries: int | None = None):
         from openai import OpenAI
 
         self.name = model
+        self.api_key_env = api_key_env
         key = os.environ.get(api_key_env)
         if key is None and base_url is None:
             raise RuntimeError(
@@ -58,24 +73,74 @@ class OpenAIJudge:
                 "with --judge-key-env), or point --judge-base-url at a local OpenAI-compatible server (its key "
                 "may be any string)"
             )
-        self._client = OpenAI(base_url=base_url, api_key=key or "not-needed", timeout=timeout, max_retries=max_retries)
+        self.max_retries = OPENAI_MAX_RETRIES if max_retries is None else max_retries
+        self._client = OpenAI(base_url=base_url, api_key=key or "not-needed", timeout=timeout,
+                              max_retries=self.max_retries)
+        self.url = str(self._client.base_url).rstrip("/")
 
     def judge(self, messages: Messages, **params: Any) -> str:
-        reply = self._client.chat.completions.create(model=self.name, messages=messages, **_api_params(params))
-        return reply.choices[0].message.content or ""
+        import openai
+
+        try:
+            reply = self._client.chat.completions.create(model=self.name, messages=messages, **_api_params(params))
+        except openai.APIConnectionError as error:  # refused, DNS, timeout: the client already retried
+            raise self._error(f"no answer ({_one_line(error)}); is the server running, and is --judge-base-url "
+                              "its address (it usually ends in /v1)?") from None
+        except openai.APIStatusError as error:
+            detail = re.sub(r"^Error code: \d+ - ", "", error.message)  # the client's prefix repeats the status
+            raise self._error(f"HTTP {error.status_code}: {_one_line(detail)}; "
+                              f"{self._status_hint(error.status_code)}") from None
+        except openai.APIError as error:  # a body the client cannot read as a chat completion
+            raise self._error(f"unreadable reply ({_one_line(error)}); is it an OpenAI-compatible server?") from None
+        choices = getattr(reply, "choices", None)
+        if not choices:
+            raise self._error("the reply has no choices; is it an OpenAI-compatible chat completions server?")
+        message = choices[0].message
+        if message is not None and message.content is not None:
+            return message.content
+        refusal = getattr(message, "refusal", None)
+        if refusal:
+            return refusal  # the judge's own answer: scored as an unreadable verdict, like any off-format reply
+        # No text at all (a tool call, a reasoning model that spent max_tokens thinking, a server fault): caching
+        # "" would score it as a wrong verdict forever, so stop here and leave it to be asked again.
+        raise self._error(f"the reply has no text (finish_reason {choices[0].finish_reason!r}); a judge must answer "
+                          "in text: check the model, or use another judge")
+
+    def _status_hint(self, status: int) -> str:
+        if status in (401, 403):
+            key = f"the key in ${self.api_key_env}" if os.environ.get(self.api_key_env) else \
+                f"to answer without a key (${self.api_key_env} is not set)"
+            return f"the server refused {key}: export the right key, or name another variable with --judge-key-env"
+        if status == 404:
+            return "check the model name (openai:MODEL) and --judge-base-url (it usually ends in /v1)"
+        if status in (400, 422):
+            return "the server rejected the request or its parameters"
+        return f"the server still failed after {self.max_retries} retries; try again later"
+
+    def _error(self, what: str) -> JudgeError:
+        return JudgeError(f"judge {self.name!r} at {self.url}: {what}")
 
 
 class TransformersJudge:
-    """A local HF chat model as judge (greedy unless a temperature > 0 is given)."""
+    """A local HF chat model as judge (greedy unless a temperature > 0 is given).
 
-    def __init__(self, path: str | Path, device: str = "cpu"):
+    `model` is a packaged LLM name (see `desta models list`; converted once into the cache), a model folder, or a
+    hub id (owner/name)."""
+
+    def __init__(self, model: str | Path, device: str = "cpu"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.name = f"local:{Path(path).name}"
-        self._tokenizer = AutoTokenizer.from_pretrained(str(path))
         from desta_audio.few_rows_linear import use_few_rows_linear
 
-        self._model = use_few_rows_linear(AutoModelForCausalLM.from_pretrained(str(path)).to(device).eval())
+        path = resolve_local_judge(model)
+        self.name = f"local:{Path(path).name}"
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(str(path))
+            llm = AutoModelForCausalLM.from_pretrained(str(path))
+        except (OSError, ValueError) as error:  # transformers' messages run over several lines
+            raise ValueError(f"hf judge {str(model)!r}: cannot load a chat model from {path} "
+                             f"({_one_line(error, 200)})") from None
+        self._model = use_few_rows_linear(llm.to(device).eval())
 
     def judge(self, messages: Messages, **params: Any) -> str:
         import torch
@@ -90,6 +155,26 @@ class TransformersJudge:
         with torch.no_grad():
             output = self._model.generate(**inputs, max_new_tokens=int(params.get("max_tokens", 512)), **sampling)
         return self._tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def resolve_local_judge(model: str | Path) -> str | Path:
+    """hf:MODEL -> what from_pretrained loads: a packaged LLM's prepared folder, a model folder, or a hub id.
+    A ValueError names the packaged LLMs when `model` is none of these."""
+    from desta_audio import zoo
+
+    llms = ", ".join(sorted(name for name, weights in zoo.PACKAGED.items() if weights.kind == "llm"))
+    if not str(model):
+        raise ValueError(f"--judge hf needs a model: hf:NAME (packaged: {llms}), hf:FOLDER or hf:OWNER/NAME")
+    if isinstance(model, str) and model in zoo.PACKAGED:
+        return zoo.prepare_llm(model)  # a packaged Whisper is a ValueError that lists the LLMs
+    try:
+        resolved = zoo.resolve_component(model)
+    except ValueError:
+        raise ValueError(f"hf judge {str(model)!r}: not a packaged LLM ({llms}), a model folder, or a hub id "
+                         "(owner/name)") from None
+    if isinstance(resolved, Path) and not (resolved / "config.json").is_file():
+        raise ValueError(f"hf judge {str(model)!r}: {resolved} is not a transformers model folder (no config.json)")
+    return resolved
 
 
 Rule = Callable[[Messages, dict[str, Any]], "str | None"]
@@ -190,7 +275,7 @@ class CachedJudge:
             asked = " ".join(str(messages[-1].get("content", "")).split())[:60] if messages else ""
             raise JudgeCacheMiss(
                 f"{self.path}: no cached verdict of {self.name!r} for the request {asked!r}...; run the scoring once "
-                "with a live judge (--judge openai:MODEL or hf:PATH, same prompts) to fill the cache"
+                "with a live judge (--judge openai:MODEL or hf:MODEL, same prompts) to fill the cache"
             )
         self.misses += 1
         reply = self.inner.judge(messages, **params)
@@ -204,7 +289,8 @@ class CachedJudge:
 
 def build_judge(spec: str | None, cache_path: str | Path | None = None, base_url: str | None = None,
                 api_key_env: str = "OPENAI_API_KEY", model_name: str | None = None) -> Judge | None:
-    """Judge from a CLI spec: `none`, `fake`, `openai:MODEL`, `hf:PATH`, or `replay:MODEL` (cache only).
+    """Judge from a CLI spec: `none`, `fake`, `openai:MODEL`, `hf:MODEL` (a packaged LLM name, a model folder or a
+    hub id), or `replay:MODEL` (cache only).
 
     With a cache path every judge but `none` is wrapped in a CachedJudge, so verdicts are stored and replayed.
     """
@@ -223,5 +309,5 @@ def build_judge(spec: str | None, cache_path: str | Path | None = None, base_url
             raise ValueError("--judge replay:MODEL needs --judge-cache PATH")
         return CachedJudge(None, cache_path, name=arg or model_name)
     else:
-        raise ValueError(f"unknown judge {spec!r}: use none, fake, openai:MODEL, hf:PATH or replay:MODEL")
+        raise ValueError(f"unknown judge {spec!r}: use none, fake, openai:MODEL, hf:MODEL or replay:MODEL")
     return CachedJudge(inner, cache_path) if cache_path is not None else inner

@@ -74,8 +74,9 @@ def score_predictions(predictions: Path, judge: Any, options: dict[str, Any],
     result.setdefault("benchmark", module.NAME)
     missing = len(failed) + sum(1 for row in rows if row.get("error"))
     result["missing_predictions"] = missing  # scored as the benchmark's scorer scores an empty output
-    not_run = (manifest.get("items_total") or 0) - len(rows) - len(failed)
-    if not_run > 0:
+    # Without a manifest (or its item count) nothing is known to be missing: not a negative count of items.
+    not_run = max(0, (manifest.get("items_total") or 0) - len(rows) - len(failed))
+    if not_run:
         result["items_not_run"] = not_run  # an interrupted run: not in the score at all until it is resumed
     result.update(predictions=str(predictions), data_version=manifest.get("data_version"),
                   system=manifest.get("system"))

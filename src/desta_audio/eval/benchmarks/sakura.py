@@ -113,7 +113,7 @@ def parse_verdict(text: str) -> str | None:
 def score(rows: list[dict[str, Any]], judge: Any = None, *,
           judge_prompts: PromptSource | dict[str, JudgePrompt] | None = None, **_: Any) -> dict[str, Any]:
     if judge is None:
-        raise ValueError("SAKURA is scored by an LLM judge only: pass --judge (openai:MODEL, hf:PATH, replay:MODEL)")
+        raise ValueError("SAKURA is scored by an LLM judge only: pass --judge (openai:MODEL, hf:MODEL, replay:MODEL)")
     from tqdm.auto import tqdm
 
     prompts = resolve(JUDGE_PROMPTS, judge_prompts)
