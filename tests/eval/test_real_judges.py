@@ -293,3 +293,22 @@ def test_packaged_llm_judge_samples_above_temperature_zero_within_top_p(smollm2_
     assert len({greedy, *samples}) > 1
     # A tiny top_p leaves only the likeliest token however hot the sampling: the greedy answer again.
     assert smollm2_judge.judge(QUESTION, max_tokens=6, temperature=1.5, top_p=1e-6) == greedy
+
+
+@pytest.mark.integration
+def test_packaged_llm_judge_ignores_the_models_own_generation_defaults(smollm2_judge):
+    """Only the request's parameters count, as on an OpenAI endpoint: a generation config's top_k or repetition
+    penalty (Qwen ships both) must not change a verdict."""
+    import torch
+
+    config = smollm2_judge._model.generation_config
+    greedy = smollm2_judge.judge(QUESTION, max_tokens=6)
+    saved = config.top_k, config.repetition_penalty
+    config.top_k, config.repetition_penalty = 1, 50.0
+    try:
+        assert smollm2_judge.judge(QUESTION, max_tokens=6) == greedy
+        torch.manual_seed(0)
+        samples = {smollm2_judge.judge(QUESTION, max_tokens=6, temperature=1.5) for _ in range(3)}
+        assert samples - {greedy}  # top_k 1 would make every sample the greedy answer
+    finally:
+        config.top_k, config.repetition_penalty = saved
