@@ -11,6 +11,14 @@ torch.set_num_threads(2)
 os.environ["DESTA_DTYPE"] = "float32"
 
 
+@pytest.fixture(autouse=True)
+def _no_official_prompt_downloads(monkeypatch):
+    """No test reaches the network: the official judge files are downloaded only where a test serves them itself."""
+    from desta_audio.eval import official_prompts
+
+    monkeypatch.setattr(official_prompts, "OFFICIAL_URLS", {})
+
+
 def tone(seconds: float, frequency: float = 440.0, rate: int = 16_000, amplitude: float = 0.3) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (amplitude * np.sin(2 * np.pi * frequency * t)).astype(np.float32)

@@ -1,15 +1,20 @@
 """Official judge prompts read from a checkout of the benchmark's code. The checkouts here are generated files with
 the official layout, variable names and placeholder syntax, holding dummy wording."""
 
+import hashlib
 import json
 import textwrap
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from typer.testing import CliRunner
 
 from desta_audio.eval import cli
 from desta_audio.eval.benchmarks import sakura, speech_ifeval, voicebench
-from desta_audio.eval.judge_prompts import JudgePrompt
+from desta_audio.eval.judge_prompts import PROJECT_WORDING, JudgePrompt
+from desta_audio.eval import official_prompts
 from desta_audio.eval.official_prompts import OfficialPromptError, find_official_file, load_official
 from desta_audio.eval.records import write_jsonl
 
@@ -217,3 +222,97 @@ def test_default_judge_settings_are_the_official_ones():
                                        "temperature": 0.5, "top_p": 0.95}
     assert (sakura.JUDGE_MODEL, sakura.JUDGE_PARAMS) == ("gpt-4o-2024-11-20", {"temperature": 0, "top_p": 0.9})
     assert (speech_ifeval.JUDGE_MODEL, speech_ifeval.JUDGE_PARAMS) == ("gpt-4o-2024-11-20", {})
+
+
+@contextmanager
+def file_server(files: dict[str, tuple[int, bytes]]):
+    """A plain HTTP server on loopback answering each path with (status, body); records the paths asked for."""
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            asked.append(self.path)
+            status, body = files.get(self.path, (404, b"Not Found"))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _official_speech_ifeval_bytes(tmp_path) -> bytes:
+    return speech_ifeval_checkout(tmp_path / "upstream").read_bytes()
+
+
+def _point_download_at(monkeypatch, tmp_path, url):
+    monkeypatch.setitem(official_prompts.OFFICIAL_URLS, "speech_ifeval", url)
+    monkeypatch.setenv("DESTA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+def test_without_a_checkout_the_official_file_is_downloaded_once_and_recorded(tmp_path, monkeypatch):
+    body = _official_speech_ifeval_bytes(tmp_path)
+    with file_server({"/script/llm_evaluation.py": (200, body)}) as (root, asked):
+        url = f"{root}/script/llm_evaluation.py"
+        _point_download_at(monkeypatch, tmp_path, url)
+        result, out = _sif_run(tmp_path / "a", monkeypatch)
+        assert result.exit_code == 0, result.output
+        assert "project wording" not in result.output
+        record = json.loads((out / "speech_ifeval.scores.json").read_text())["judge_prompts"]
+        assert record["origin"] == "official" and record["path"] == url
+        assert "Dummy reasoning rules." in (out / "judge-cache.jsonl").read_text()
+        assert record["file_sha256"] == hashlib.sha256(body).hexdigest()
+        # A second run (here: another data folder and run) reads the kept copy; the server is not asked again.
+        again, out_again = _sif_run(tmp_path / "b", monkeypatch)
+        assert again.exit_code == 0, again.output
+        assert json.loads((out_again / "speech_ifeval.scores.json").read_text())["judge_prompts"]["origin"] \
+            == "official"
+        assert asked == ["/script/llm_evaluation.py"]
+
+
+@pytest.mark.parametrize("status, body, reason", [
+    (404, b"Not Found", "could not download"),
+    (200, b"<html>Sign in to the network</html>", "is not usable"),
+])
+def test_a_failed_or_unusable_download_falls_back_and_keeps_nothing(tmp_path, monkeypatch, status, body, reason):
+    with file_server({"/f.py": (status, body)}) as (root, asked):
+        _point_download_at(monkeypatch, tmp_path, f"{root}/f.py")
+        result, out = _sif_run(tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert reason in text and "project wording" in text
+    assert json.loads((out / "speech_ifeval.scores.json").read_text())["judge_prompts"]["origin"] == PROJECT_WORDING
+    assert not list((tmp_path / "cache").rglob("*.py"))  # an error page is never kept to be reused
+
+
+def test_offline_mode_and_an_unreachable_host_fall_back_without_a_download(tmp_path, monkeypatch):
+    with file_server({}) as (root, asked):
+        _point_download_at(monkeypatch, tmp_path, f"{root}/script/llm_evaluation.py")
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        result, _ = _sif_run(tmp_path / "offline", monkeypatch)
+        assert result.exit_code == 0 and asked == []
+        assert "HF_HUB_OFFLINE" in " ".join(result.output.split())
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    result, _ = _sif_run(tmp_path / "closed", monkeypatch)  # the server is gone: connection refused
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and "could not download" in text and "project wording" in text
+
+
+def test_a_checkout_beside_the_data_wins_over_the_download(tmp_path, monkeypatch):
+    path = speech_ifeval_checkout(tmp_path / "Speech-IFEval")
+    with file_server({}) as (root, asked):
+        _point_download_at(monkeypatch, tmp_path, f"{root}/script/llm_evaluation.py")
+        result, out = _sif_run(tmp_path, monkeypatch)
+    assert result.exit_code == 0 and asked == []
+    assert json.loads((out / "speech_ifeval.scores.json").read_text())["judge_prompts"]["path"] == str(path)

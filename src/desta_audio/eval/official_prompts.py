@@ -13,11 +13,19 @@ onto the fields our scorers fill:
 - SAKURA `evaluation/llm_judge.py`: `system_prompt` and `user_prompt_template` with [QUESTION],
   [GROUND_TRUTH_ANSWER] and [MODEL_GENERATED_RESPONSE] for our {question}, {answer} and {response}; filled as its
   script does, by chained replacements in the order question, response, answer.
+
+Without a checkout at hand the file is downloaded once from the benchmark's repository into the cache (users with a
+network get the official wording by default, as hub ids give them the official weights); `HF_HUB_OFFLINE=1` or no
+network leaves the project's wording, with a warning saying why.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
+import os
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +154,18 @@ LAYOUTS = {
 }
 
 
+# Where each benchmark publishes that file. Speech-IFEval's is pinned to a commit; VoiceBench and SAKURA to their
+# main branch. The download is kept once it parses, and every score records its address and sha256.
+OFFICIAL_URLS = {
+    "voicebench": "https://raw.githubusercontent.com/MatthewCYM/VoiceBench/main/api_judge.py",
+    "speech_ifeval": "https://raw.githubusercontent.com/kehanlu/Speech-IFEval/"
+                     "466fcb787759252806deda3636d396f515cf2190/script/llm_evaluation.py",
+    "sakura": "https://raw.githubusercontent.com/ckyang1124/SAKURA/main/evaluation/llm_judge.py",
+}
+FETCH_TIMEOUT_S = 10.0
+MAX_FILE_BYTES = 2_000_000  # a judge script is a few kB; anything this large is not one
+
+
 def official_file(benchmark: str) -> str | None:
     """Where the benchmark's repository keeps its judge prompts, or None when no official judge prompt is known."""
     layout = LAYOUTS.get(benchmark)
@@ -191,3 +211,46 @@ def load_official(benchmark: str, path: str | Path) -> PromptSource:
     except ValueError as error:
         raise OfficialPromptError(f"{path}: {error}") from None
     return PromptSource(prompts, "official", str(path), file_sha256(path))
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def fetch_official(benchmark: str) -> tuple[PromptSource | None, str]:
+    """(the official prompts downloaded from the benchmark's repository, or None and why not).
+
+    The file is kept in the cache only once it parses into every prompt, so a proxy's error page or a moved file is
+    never reused; a cached copy is used without the network."""
+    from desta_audio.data.store import atomic_writer
+    from desta_audio.zoo import cache_root
+
+    url = OFFICIAL_URLS.get(benchmark)
+    if url is None:
+        return None, f"no download address is known for {benchmark}"
+    name = Path(LAYOUTS[benchmark].file).name
+    cached = cache_root() / "official-judge-prompts" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+    if not cached.is_file():
+        if _offline():
+            return None, f"not downloaded from {url} (HF_HUB_OFFLINE is set)"
+        try:
+            with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:
+                body = response.read(MAX_FILE_BYTES + 1)
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            reason = getattr(error, "reason", None) or error
+            return None, f"could not download {url} ({reason})"
+        if len(body) > MAX_FILE_BYTES:
+            return None, f"{url} is larger than a judge script ({len(body)} bytes or more)"
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        trial = cached.with_name(f".{name}.{os.getpid()}.check.py")
+        try:
+            trial.write_bytes(body)
+            load_official(benchmark, trial)
+        except ValueError as error:
+            return None, f"the file downloaded from {url} is not usable ({str(error).replace(str(trial), name)})"
+        finally:
+            trial.unlink(missing_ok=True)
+        with atomic_writer(cached, binary=True) as handle:
+            handle.write(body)
+    source = load_official(benchmark, cached)
+    return PromptSource(source.prompts, source.origin, url, source.sha256), ""

@@ -1,5 +1,5 @@
 """Score a predictions file: the items that failed count as missing outputs, the judge prompts are the official
-ones when the benchmark's code is at hand, and the score file and manifest say what was used.
+ones when the benchmark's code is at hand or can be downloaded, and the score file and manifest say what was used.
 
 Errors are raised as ValueError (or FileNotFoundError) with a one-line message; warnings are returned for the caller
 to show.
@@ -22,9 +22,10 @@ def choose_judge_prompts(module: ModuleType, explicit: Path | None,
     """(prompts to use instead of the project's wording, why the project's wording is used otherwise).
 
     `explicit` (`--judge-prompts`) is a JSON file of replacements, or the official file or checkout folder; when it
-    cannot be used that is an error. Otherwise the official file is looked for in and above the data folder.
+    cannot be used that is an error. Otherwise the official file is looked for in and above the data folder, then
+    downloaded from the benchmark's repository (once; kept in the cache).
     """
-    from desta_audio.eval.official_prompts import find_official_file, load_official, official_file
+    from desta_audio.eval.official_prompts import fetch_official, find_official_file, load_official, official_file
 
     if not hasattr(module, "JUDGE_PROMPTS"):
         if explicit is not None:
@@ -39,12 +40,15 @@ def choose_judge_prompts(module: ModuleType, explicit: Path | None,
     if where is None:
         return None, f"no official judge prompt is known for {module.NAME}"
     found = find_official_file(module.NAME, data) if data else None
-    if found is None:
-        return None, f"no {where} of the benchmark's code found in or above the data folder"
-    try:
-        return load_official(module.NAME, found), None
-    except ValueError as error:
-        return None, str(error)
+    if found is not None:
+        try:
+            return load_official(module.NAME, found), None
+        except ValueError as error:
+            return None, str(error)  # a broken checkout beside the data is reported rather than replaced
+    fetched, why_not = fetch_official(module.NAME)
+    if fetched is not None:
+        return fetched, None
+    return None, f"no {where} of the benchmark's code found in or above the data folder, and {why_not}"
 
 
 def _failed_rows(predictions: Path, answered: set[str]) -> list[dict[str, Any]]:
