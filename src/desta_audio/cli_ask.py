@@ -60,6 +60,9 @@ def _load(model: str, asr: bool, device: Optional[str], dtype: Optional[str], ma
     from desta_audio.loading import resolve_device, user_load_errors
     from desta_audio.modeling import DeSTAModel
 
+    # Set here, not when the command is registered: the first basicConfig wins for the whole `desta` process,
+    # and would silence the INFO lines of every other command (training progress, validation, checkpoints).
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Weight-loading bars and generation-config deprecation notes are noise for someone asking a question.
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
@@ -301,6 +304,5 @@ def chat(
 
 
 def register(app: typer.Typer) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app.command("ask")(ask)
     app.command("chat")(chat)

@@ -14,6 +14,7 @@ checkpoint or none. States are read with `torch.load(weights_only=True)`: nothin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +33,28 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class WriteError(OSError):
+    """A checkpoint or adapter that could not be written (a full disk, no permission), with the folder."""
+
+
+@contextlib.contextmanager
+def writing(folder: Path) -> Any:
+    """Report a failed write as a WriteError naming `folder` and its free space: torch.save reports a full disk as
+    a RuntimeError about stream positions, safetensors as its own error type."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except WriteError:
+        raise
+    except (OSError, RuntimeError, SafetensorError) as error:
+        try:
+            free = f"{shutil.disk_usage(folder.parent).free / 1e9:.1f} GB free there"
+        except OSError:
+            free = "free space unknown"
+        raise WriteError(f"cannot write {folder} ({free}): {error}") from None
 
 
 def released_state_dict(model: Any) -> dict[str, torch.Tensor]:
@@ -66,17 +89,18 @@ def save_adapter(model: Any, directory: str | Path,
 
     released, extra = tensors if tensors is not None else trained_tensors(model)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(directory)
-    save_file(released, str(directory / ADAPTER_FILE), metadata={"format": "pt"})
-    if extra:
-        metadata = {"format": "pt"}
-        lora = getattr(model.perception.encoder, "peft_config", {}).get("default")
-        if lora is not None:
-            # The deltas alone do not give their scale; loading for inference needs it to merge them.
-            metadata[ENCODER_LORA_METADATA] = json.dumps({"r": lora.r, "lora_alpha": lora.lora_alpha,
-                                                          "use_rslora": lora.use_rslora})
-        save_file(extra, str(directory / ENCODER_FILE), metadata=metadata)
+    with writing(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        model.config.save_pretrained(directory)
+        save_file(released, str(directory / ADAPTER_FILE), metadata={"format": "pt"})
+        if extra:
+            metadata = {"format": "pt"}
+            lora = getattr(model.perception.encoder, "peft_config", {}).get("default")
+            if lora is not None:
+                # The deltas alone do not give their scale; loading for inference needs it to merge them.
+                metadata[ENCODER_LORA_METADATA] = json.dumps({"r": lora.r, "lora_alpha": lora.lora_alpha,
+                                                              "use_rslora": lora.use_rslora})
+            save_file(extra, str(directory / ENCODER_FILE), metadata=metadata)
     return directory
 
 
@@ -147,22 +171,36 @@ def save_checkpoint(root: str | Path, step: int, *, model: Any, trainer_state: d
     temporary = final.with_name(final.name + ".tmp")
     if rank == 0:
         shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir(parents=True)
+        with writing(temporary):
+            temporary.mkdir(parents=True)
     barrier()
-    torch.save(rng if rng is not None else rng_state(), temporary / f"rng-rank{rank}.pt")
+    with _removed_if_incomplete(temporary):
+        torch.save(rng if rng is not None else rng_state(), temporary / f"rng-rank{rank}.pt")
     tensors = trained_tensors(model)
     barrier()
     if rank == 0:
-        save_adapter(model, temporary, tensors)
-        torch.save(trainer_state, temporary / STATE_FILE)
-        for name, text in (files or {}).items():
-            (temporary / name).write_text(text, encoding="utf-8")
+        with _removed_if_incomplete(temporary):
+            save_adapter(model, temporary, tensors)
+            torch.save(trainer_state, temporary / STATE_FILE)
+            for name, text in (files or {}).items():
+                (temporary / name).write_text(text, encoding="utf-8")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
         _prune(root, keep)
         log.info("checkpoint %s", final)
     barrier()
     return final
+
+
+@contextlib.contextmanager
+def _removed_if_incomplete(temporary: Path) -> Any:
+    """A checkpoint that could not be written whole is deleted: on a full disk its part would keep the space."""
+    try:
+        with writing(temporary):
+            yield
+    except WriteError:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
 
 
 def _prune(root: Path, keep: int) -> None:

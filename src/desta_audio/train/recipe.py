@@ -27,6 +27,7 @@ from torch import nn
 
 from desta_audio.processing import IGNORE_INDEX
 from desta_audio.train.checkpoint import (
+    WriteError,
     latest_checkpoint,
     load_checkpoint,
     rng_state,
@@ -144,6 +145,20 @@ class LossModule(nn.Module):
         return loss, torch.tensor(count, dtype=torch.float64)
 
 
+def writable_folder(folder: Path, key: str) -> None:
+    """Create `folder` and write a probe file in it: a file in the way or a folder without write permission is
+    named with its key before the model loads, not found as a traceback when the first file is written."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{key}: {folder} is a file, not a folder; give a folder path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"{key}: cannot write to {folder} ({error.strerror or error})") from None
+
+
 # ----- distributed -----
 
 
@@ -255,6 +270,9 @@ class Trainer:
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if mixed else contextlib.nullcontext()
         if not cache_only:
             self._check_resume()  # first: a refused resume costs seconds, not a model load
+            writable_folder(self.output_dir, "run.output_dir")
+        if config.cache.enabled:
+            writable_folder(config.cache_dir, "cache.dir" if config.cache.dir else "run.output_dir")
         self._load_data()  # before the model: bad records fail in seconds, not after loading the weights
         if self.model is None:
             self.model = build_model(config, self.device)
@@ -443,6 +461,9 @@ class Trainer:
         stop_at = self.total_steps
         if config.run.stop_after_steps:
             stop_at = min(stop_at, self.step + config.run.stop_after_steps)
+        if self.step >= self.total_steps and self.dist.rank == 0:
+            log.warning("the run in %s already reached its last step (%d): nothing to train; raise run.max_steps or "
+                        "run.epochs to train on, or use run.resume=never to start over", self.output_dir, self.step)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
                    disable=not config.run.progress or self.dist.rank != 0, dynamic_ncols=True)
         before: dict[str, Any] | None = None
@@ -469,8 +490,10 @@ class Trainer:
                                 f"{self.step}); the weights were left untouched. Lower optim.lr, check the data, "
                                 "or use run.precision=fp32")
                     result.steps.append(StepLog(self.step, loss, lr, grad_norm, samples, seconds))
+                    # Before the update, which redraws the bar: one line per step, with its numbers.
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples / seconds:.1f}",
+                                    refresh=False)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples / seconds:.1f}")
                     if self.dist.rank == 0 and (self.step % config.run.log_every == 0 or self.step == stop_at or
                                                 self.step <= 1):
                         self.metrics.write({"step": self.step, "split": "train", "epoch": self.sampler.epoch,
@@ -489,6 +512,8 @@ class Trainer:
                         break
         except RecordError as error:
             raise self._stopped_on_bad_data(error, before) from None
+        except WriteError as error:
+            raise self._write_failed(error) from None
         except KeyboardInterrupt:
             raise TrainingInterrupted(f"interrupted during step {self.step + 1}; {self._resume_hint()}") from None
         finally:
@@ -498,7 +523,10 @@ class Trainer:
         if self.step >= self.total_steps:
             tensors = trained_tensors(self.model)  # every process: sharded LoRA weights are gathered
             if self.dist.rank == 0:
-                result.final_adapter = save_adapter(self.model, self.output_dir / "final", tensors)
+                try:
+                    result.final_adapter = save_adapter(self.model, self.output_dir / "final", tensors)
+                except WriteError as error:
+                    raise self._write_failed(error) from None
                 plot_loss_curve(self.metrics.csv_path, self.output_dir / "loss_curve.png")
         self.dist.barrier()
         return result
@@ -508,6 +536,9 @@ class Trainer:
         if latest is None:
             return "no checkpoint was saved yet, so the same command starts over"
         return f"run the same command to resume from {latest}"
+
+    def _write_failed(self, error: WriteError) -> TrainingError:
+        return TrainingError(f"{error}. Make room there or fix its permissions, then {self._resume_hint()}")
 
     def _stopped_on_bad_data(self, error: RecordError, before: dict[str, Any] | None) -> RecordError:
         """Checkpoint the last completed step (`before`: the state ahead of a step that did not complete), so
