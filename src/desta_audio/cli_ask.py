@@ -14,6 +14,7 @@ import typer
 
 from desta_audio.audio import DEFAULT_MAX_SECONDS, SAMPLE_RATE
 from desta_audio.audio_cache import DEFAULT_AUDIO_CACHE_MB
+from desta_audio.cli_logging import setup_logging
 from desta_audio.precision import DTYPE_HELP, check_dtype_names, dtype_name
 
 DEFAULT_MODEL = "desta-mini"
@@ -62,7 +63,7 @@ def _load(model: str, asr: bool, device: Optional[str], dtype: Optional[str], ma
 
     # Set here, not when the command is registered: the first basicConfig wins for the whole `desta` process,
     # and would silence the INFO lines of every other command (training progress, validation, checkpoints).
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.WARNING)
     # Weight-loading bars and generation-config deprecation notes are noise for someone asking a question.
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()

@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
+from desta_audio.cli_logging import setup_logging
+
 app = typer.Typer(help="Build self-generated alignment data (seed descriptions -> backbone-written targets).",
                   no_args_is_help=True)  # fmt: skip
 logger = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.DEBUG if verbose else logging.INFO)
 
 
 def _items(source: Path, mapping: Path | None):

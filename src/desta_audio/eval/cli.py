@@ -13,6 +13,8 @@ from typing import Any, NoReturn, Optional
 
 import typer
 
+from desta_audio.cli_logging import setup_logging
+
 app = typer.Typer(help="Evaluate on MMAU, Dynamic-SUPERB, SAKURA, Speech-IFEval and VoiceBench; rescore; report.",
                   no_args_is_help=True)
 logger = logging.getLogger(__name__)
@@ -157,7 +159,7 @@ def _run(benchmark: str, data: Path, model: str, system_kind: SystemKind, out: O
     from desta_audio.eval.scoring import choose_judge_prompts
     from desta_audio.eval.systems import TextBackbone
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     module = get_benchmark(benchmark)
     with _user_errors():
         items, info = module.load(data, limit=limit, **{k: v for k, v in load_options.items() if v is not None})

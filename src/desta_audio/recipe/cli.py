@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from desta_audio.cli_logging import setup_logging
 
 app = typer.Typer(help="The small recipe: corpus, self-generated targets, a trained desta-mini adapter and the "
                   "comparative study, from packaged sources on one CPU.",
@@ -38,7 +39,7 @@ def corpus(
     from desta_audio.recipe.corpus import build_corpus
 
     _check_out_dir(out_dir)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         result = build_corpus(out_dir, size=size, seed=seed, workers=workers, progress=not quiet)
     except (OSError, RuntimeError, ValueError) as err:  # OSError: OUT_DIR a file, disk full, no permission
@@ -76,7 +77,7 @@ def mini(
     from desta_audio.recipe.mini import TARGET_SOURCES, RecipeSettings, run_recipe
 
     _check_out_dir(out_dir)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     unknown = sorted(set(source or []) - set(TARGET_SOURCES))
     if unknown:
         raise typer.BadParameter(f"unknown source(s) {unknown}; choose from {', '.join(TARGET_SOURCES)}")

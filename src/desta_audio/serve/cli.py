@@ -11,6 +11,7 @@ from typing import Annotated, NoReturn, Optional
 import typer
 
 from desta_audio.audio_cache import DEFAULT_AUDIO_CACHE_MB
+from desta_audio.cli_logging import setup_logging
 from desta_audio.precision import DTYPE_HELP, check_dtype_names
 
 logger = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def serve(
     from desta_audio.serve.api import ServeSettings, create_app
     from desta_audio.serve.server import run_server
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(log_level.upper(), timestamps=True)
     _check_can_listen(host, port)
     settings = ServeSettings(
         model_id=served_name or model,
@@ -172,7 +173,7 @@ def run_demo(
     """
     from desta_audio.serve.demo import build_demo, model_answer_function, theme
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(timestamps=True)
     _check_can_listen(host, port)
     loaded = _load_model(model, device, dtype)
     loaded.enable_audio_cache(audio_cache_mb)

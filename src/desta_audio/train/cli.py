@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from desta_audio.cli_logging import setup_logging
+
 # One command and no callback: `python -m desta_audio.train` runs it directly (usage without a COMMAND).
 app = typer.Typer(add_completion=False)
 _SETTINGS = {"allow_interspersed_args": True}
@@ -32,7 +34,7 @@ def train(
 
     # Under torchrun every process would print the same setup lines; the first one speaks for the run.
     level = logging.DEBUG if verbose else logging.INFO if _first_process() else logging.ERROR
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(level, timestamps=True)
     try:
         resolved = load_config(config, overrides or [])
     except ConfigError as error:
