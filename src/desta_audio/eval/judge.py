@@ -150,12 +150,12 @@ class TransformersJudge:
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         ).to(self._model.device)
         temperature = float(params.get("temperature") or 0.0)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": float(params.get("top_p", 1.0))} \
-            if temperature > 0 else {"do_sample": False}
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": float(params.get("top_p", 1.0)),
+                    "top_k": 0} if temperature > 0 else {"do_sample": False}
         # Only the request's own parameters shape the verdict, as on an OpenAI endpoint: a model folder's generation
         # defaults (the hub's Qwen2.5 ships top_k 20 and a repetition penalty) and transformers' top_k are off.
         with torch.no_grad():
-            output = self._model.generate(**inputs, max_new_tokens=int(params.get("max_tokens", 512)), top_k=0,
+            output = self._model.generate(**inputs, max_new_tokens=int(params.get("max_tokens", 512)),
                                           repetition_penalty=1.0, **sampling)
         return self._tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
