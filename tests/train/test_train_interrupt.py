@@ -4,6 +4,7 @@ import signal
 import pytest
 
 from desta_audio.train.config import build_config
+from desta_audio.train.metrics import read_metrics
 from desta_audio.train.recipe import Trainer, TrainingInterrupted
 from tests.train.helpers import make_dataset, tiny_config
 
@@ -42,6 +43,10 @@ def test_ctrl_c_finishes_the_step_saves_it_and_the_same_command_resumes(tmp_path
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back
     monkeypatch.undo()
     assert _fit(config) == reference[2:]  # steps 3-5, as if never stopped
+    rows = [row for row in read_metrics(tmp_path / "b" / "run" / "metrics.csv") if row["split"] == "train"]
+    assert [row["step"] for row in rows] == ["1", "2", "3", "4", "5"]
+    elapsed = [float(row["elapsed_s"]) for row in rows]
+    assert elapsed == sorted(elapsed)  # the resumed run's training time goes on from the checkpoint's
 
 
 def test_a_second_ctrl_c_stops_at_once_and_names_the_last_whole_checkpoint(tmp_path, data, monkeypatch):

@@ -124,3 +124,27 @@ def test_metrics_kept_for_resume_survive_a_kill_while_they_are_rewritten(tmp_pat
     monkeypatch.undo()
     MetricsWriter(tmp_path, resume_step=2, tensorboard=False).close()
     assert [row["step"] for row in read_metrics(tmp_path / "metrics.csv")] == ["1", "2"]
+
+
+def test_tensorboard_scalars_follow_the_csv_across_a_resume(tmp_path):
+    """The TensorBoard copy of the metrics is readable, and a resumed run replaces the steps after its checkpoint
+    there too (purged), instead of showing both runs' values for the same steps."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from desta_audio.train.metrics import MetricsWriter
+
+    writer = MetricsWriter(tmp_path)
+    for step in range(1, 5):
+        writer.write({"step": step, "split": "train", "loss": 1.0 / step, "lr": 1e-4})
+    writer.write({"step": 4, "split": "validation", "loss": 0.5, "accuracy": 0.25})
+    writer.close()
+    resumed = MetricsWriter(tmp_path, resume_step=2)  # killed after the checkpoint of step 2
+    for step in (3, 4):
+        resumed.write({"step": step, "split": "train", "loss": 10.0 + step, "lr": 2e-4})
+    resumed.close()
+
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/lr", "validation/loss", "validation/accuracy"} <= set(events.Tags()["scalars"])
+    loss = {event.step: event.value for event in events.Scalars("train/loss")}
+    assert loss == pytest.approx({1: 1.0, 2: 0.5, 3: 13.0, 4: 14.0})
+    assert [row["loss"] for row in read_metrics(tmp_path / "metrics.csv")] == ["1", "0.5", "13", "14"]

@@ -39,7 +39,9 @@ class MetricsWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tensorboard = SummaryWriter(str(self.directory / "tensorboard"), purge_step=resume_step)
+                # TensorBoard drops events at or after purge_step; the checkpoint's own step is kept, as in the CSV.
+                purge_step = None if resume_step is None else resume_step + 1
+                self._tensorboard = SummaryWriter(str(self.directory / "tensorboard"), purge_step=purge_step)
             except ImportError:  # optional: the CSV and the PNG carry the same numbers
                 log.info("tensorboard is not installed; metrics go to %s only", self.csv_path)
 

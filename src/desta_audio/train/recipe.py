@@ -257,6 +257,8 @@ class Trainer:
         self.output_dir = Path(config.run.output_dir)
         self.step = 0
         self.saved_step = 0  # the step of the latest checkpoint this run wrote or resumed from
+        self.elapsed_before = 0.0  # training seconds of the runs before a resume (metrics.csv's elapsed_s goes on)
+        self._fit_started = time.perf_counter()
 
     # ----- setup -----
 
@@ -431,6 +433,7 @@ class Trainer:
         self._load_optimizer_state(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = self.saved_step = int(state["step"])
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))  # absent from older checkpoints
         log.info("resumed from %s at step %d", path, self.step)
 
     def together(self, action: Callable[[], Any]) -> Any:
@@ -457,7 +460,7 @@ class Trainer:
         result = TrainResult(output_dir=self.output_dir)
         batches = iter(self.sampler)
         bad_steps = 0
-        started = time.perf_counter()
+        self._fit_started = time.perf_counter()
         stop_at = self.total_steps
         if config.run.stop_after_steps:
             stop_at = min(stop_at, self.step + config.run.stop_after_steps)
@@ -499,7 +502,7 @@ class Trainer:
                         self.metrics.write({"step": self.step, "split": "train", "epoch": self.sampler.epoch,
                                             "loss": loss, "lr": lr, "grad_norm": grad_norm, "samples": samples,
                                             "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
-                                            "elapsed_s": time.perf_counter() - started})
+                                            "elapsed_s": self.elapsed_seconds()})
                     last = self.step == self.total_steps
                     due = bool(config.run.val_every and self.step % config.run.val_every == 0) or last
                     if due and len(self.val_records) >= self.dist.world:
@@ -650,11 +653,15 @@ class Trainer:
         position and random streams have moved on since it completed."""
         state = {"optimizer": self._optimizer_state(), "scheduler": self.scheduler.state_dict(),
                  "sampler": sampler_state or self.sampler.state_dict(), "step": self.step,
-                 "world_size": self.dist.world}
+                 "world_size": self.dist.world, "elapsed_s": self.elapsed_seconds()}
         self.saved_step = self.step
         return save_checkpoint(self.output_dir / "checkpoints", self.step, model=self.model, trainer_state=state,
                                rank=self.dist.rank, barrier=self.dist.barrier, keep=self.config.run.keep_checkpoints,
                                files={CONFIG_FILE: dump_config(self.config)}, rng=rng)
+
+    def elapsed_seconds(self) -> float:
+        """Training time of the whole run: this process's time in fit() plus that of the runs it resumed."""
+        return self.elapsed_before + time.perf_counter() - self._fit_started
 
     def _optimizer_state(self) -> dict[str, Any]:
         """The optimizer's state; under FSDP gathered whole (collective), so the file holds every shard."""
