@@ -59,6 +59,8 @@ def test_desta_train_shows_its_log_lines_each_on_a_line_of_its_own(tmp_path, dat
         assert any(expected in line for line in lines), done.stderr[-3000:]
     # Written above the progress bar, not glued to the end of one of its lines.
     assert not [line for line in lines if "train:" in line and "INFO" in line], done.stderr[-3000:]
+    bar = [line for line in lines if line.startswith("train: 100%")][-1]
+    assert re.search(r"loss=[\d.]+, lr=[\d.e+-]+, samples/s=[\d.]+", bar), bar  # the fields the README names
 
 
 def test_an_output_dir_that_is_a_file_is_named_before_the_model_loads(tmp_path, data, monkeypatch):

@@ -494,8 +494,8 @@ class Trainer:
                                 "or use run.precision=fp32")
                     result.steps.append(StepLog(self.step, loss, lr, grad_norm, samples, seconds))
                     # Before the update, which redraws the bar: one line per step, with its numbers.
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples / seconds:.1f}",
-                                    refresh=False)
+                    bar.set_postfix({"loss": f"{loss:.4f}", "lr": f"{lr:.2e}",
+                                     "samples/s": f"{samples / seconds:.1f}"}, refresh=False)
                     bar.update(1)
                     if self.dist.rank == 0 and (self.step % config.run.log_every == 0 or self.step == stop_at or
                                                 self.step <= 1):
