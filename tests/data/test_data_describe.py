@@ -95,6 +95,17 @@ def test_mapping_rejects_unknown_keys(tmp_path):
         SourceMapping.from_yaml(tmp_path / "map.yaml")
 
 
+@pytest.mark.parametrize(("text", "reason"), [
+    ("kind: speach\n", "kind: Input should be 'speech', 'sound' or 'music'."),
+    ("dataset: [x\n", "not valid YAML (line 2, column 1: expected ',' or ']'"),
+])  # fmt: skip
+def test_mapping_mistakes_are_explained_in_one_line(tmp_path, text, reason):
+    (tmp_path / "map.yaml").write_text(text)
+    with pytest.raises(ValueError) as raised:
+        SourceMapping.from_yaml(tmp_path / "map.yaml")
+    assert reason in str(raised.value) and "\n" not in str(raised.value)
+
+
 def test_missing_audio_column_names_the_row(tmp_path):
     (tmp_path / "m.jsonl").write_text('{"file": "a.wav"}\n')
     with pytest.raises(ValueError, match="row 0.*audio_column"):

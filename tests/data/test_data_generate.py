@@ -148,10 +148,14 @@ def test_rerun_with_other_record_settings_is_refused_and_history_untouched(speec
     assert again.skipped == 6
 
 
-@pytest.mark.parametrize("audio", ["missing.wav", "corrupt.wav", "empty.wav"])
+@pytest.mark.parametrize("audio", ["missing.wav", "corrupt.wav", "empty.wav", "no_samples.wav"])
 def test_missing_or_unreadable_audio_stops_the_run_before_any_record(speech_manifest, tmp_path, audio):
+    import numpy as np
+    import soundfile as sf
+
     (speech_manifest.parent / "corrupt.wav").write_bytes(b"RIFF not really a wave file" * 10)
     (speech_manifest.parent / "empty.wav").write_bytes(b"")
+    sf.write(speech_manifest.parent / "no_samples.wav", np.zeros(0, dtype=np.float32), 16_000)  # header only
     with speech_manifest.open("a") as handle:
         handle.write(json.dumps({"audio": audio, "text": "where am I", "duration": 1.0}) + "\n")
     with pytest.raises(ValueError, match=rf"1 clip\(s\) have missing or unreadable audio: speech/{audio}"):

@@ -108,6 +108,47 @@ def test_usage_mistakes_end_with_one_line_and_exit_code_2(speech_manifest, tmp_p
         assert result.output.count("\n") == 1 and "Traceback" not in result.output
 
 
+def test_bad_options_and_outputs_end_with_one_line_and_exit_code_2(speech_manifest, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep\n")
+    generate = ["generate", str(speech_manifest), "--target", "template"]
+    for command, message in [
+        (["generate", str(speech_manifest), "-o", str(tmp_path / "g"), "--backend", "foo"], "unknown backend 'foo'"),
+        (["generate", str(speech_manifest), "-o", str(tmp_path / "g"), "--backend", "openai"], "needs --base-url"),
+        (["stats", str(tmp_path / "nothing")], "has no data/ folder"),
+        ([*generate, "-o", str(a_file)], "is a file; `generate` writes a folder"),
+        (["describe", str(speech_manifest), "-o", str(tmp_path)], "is a folder; name the file"),
+        (["describe", str(speech_manifest), "-o", str(a_file / "d.jsonl")], "is a file, not a folder"),
+        (["annotate", str(speech_manifest), "-o", str(a_file / "d.jsonl"), "--annotators", "duration"],
+         "is a file, not a folder"),
+    ]:  # fmt: skip
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and result.output.startswith("error: ") and message in result.output, result.output
+        assert result.output.count("\n") == 1, (command, result.output)
+    assert a_file.read_text() == "keep\n" and not (tmp_path / "g").exists()
+
+
+def test_annotate_lists_clips_with_unusable_audio_before_annotating(speech_manifest, tmp_path):
+    with speech_manifest.open("a") as handle:
+        handle.write(json.dumps({"audio": "gone.wav", "text": "where am I"}) + "\n")
+    out = tmp_path / "annotated.jsonl"
+    result = runner.invoke(app, ["annotate", str(speech_manifest), "-o", str(out), "--annotators", "duration"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "1 clip(s) have missing or unreadable audio: speech/gone.wav" in result.output
+    assert not out.exists() and not out.with_suffix(".cache.sqlite").exists()  # stopped before any clip
+
+
+def test_interrupted_generate_says_how_to_continue(speech_manifest, tmp_path, monkeypatch):
+    from desta_audio.data import generate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate, "run_generation", interrupted)
+    result = runner.invoke(app, ["generate", str(speech_manifest), "-o", str(tmp_path / "g"), "--target", "template"])
+    assert result.exit_code == 130 and "rerun the same command to continue" in result.output, result.output
+
+
 def test_unreachable_endpoint_is_a_runtime_failure_naming_the_url(speech_manifest, tmp_path, monkeypatch):
     import socket
     from functools import partial

@@ -54,9 +54,19 @@ def _items(source: Path, mapping: Path | None):
     return read_source(source, SourceMapping.from_yaml(mapping) if mapping else None)
 
 
-def _refuse_overwriting_source(source: Path, out: Path) -> None:
+def _check_out(source: Path, out: Path, folder: bool = False) -> None:
+    """Refuse an --out that would overwrite the source or cannot be written, before any work (instead of an OS
+    error naming a hidden temp file once the work is done)."""
     if out.exists() and source.exists() and os.path.samefile(source, out):
         raise ValueError(f"--out {out} is the source itself; write somewhere else")
+    if folder:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file; `generate` writes a folder of shards, so name a folder")
+        return
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; name the file to write, e.g. {out / 'out.jsonl'}")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ValueError(f"--out {out}: {out.parent} is a file, not a folder")
 
 
 @app.command()
@@ -72,7 +82,7 @@ def describe(
     from desta_audio.data.store import atomic_writer
 
     if out:
-        _refuse_overwriting_source(source, out)
+        _check_out(source, out)
     lines = []  # every row read and described before anything is written: a bad source leaves --out untouched
     for item in list(_items(source, mapping)):
         row = item.to_row()
@@ -108,12 +118,17 @@ def annotate(
     from tqdm.auto import tqdm
 
     from desta_audio.data.annotate import AnnotationCache, annotate_item, build_annotators
+    from desta_audio.data.audio_files import UnusableAudio, unusable_audio_summary
     from desta_audio.data.store import atomic_writer
 
     _setup_logging(verbose)
-    _refuse_overwriting_source(source, out)
+    _check_out(source, out)
     chosen = build_annotators([a.strip() for a in annotators.split(",") if a.strip()], whisper=whisper)
     items = list(_items(source, mapping))
+    unusable = unusable_audio_summary(items)
+    if unusable:
+        raise UnusableAudio(f"{unusable}. Nothing was annotated; fix the paths or the files, or remove those rows, "
+                            "then rerun")  # fmt: skip
     with AnnotationCache(cache or out.with_suffix(".cache.sqlite")) as store, atomic_writer(out) as handle:
         for item in tqdm(items, desc="annotating", unit="clip"):
             row = annotate_item(item, chosen, store, overwrite=overwrite)
@@ -209,7 +224,7 @@ def generate(
     from desta_audio.data.store import Decoding
 
     _setup_logging(verbose)
-    _refuse_overwriting_source(source, out)
+    _check_out(source, out, folder=True)
     settings = GenerationSettings(
         target_source=target,
         system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT,
@@ -236,7 +251,13 @@ def generate(
             driver_backend = factory()
     else:
         driver_backend = factory()
-    summary = run_generation(items, driver_backend, out, settings, loaded_pool, generate_fn=generate_fn)
+    try:
+        summary = run_generation(items, driver_backend, out, settings, loaded_pool, generate_fn=generate_fn)
+    except KeyboardInterrupt:
+        # Completed shards are on disk and only the one being written is lost, so say how to go on.
+        typer.echo(f"\ninterrupted: the records written so far stay in {out}; rerun the same command to continue",
+                   err=True)  # fmt: skip
+        raise typer.Exit(130) from None
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.reasons.items())) or "none"
     typer.echo(f"{summary.kept} kept, {summary.quarantined} quarantined ({reasons}), "
                f"{summary.skipped} already done, of {summary.planned} planned -> {out}")  # fmt: skip
@@ -254,10 +275,10 @@ def _backend_factory(target, backend, model, base_url, api_key, concurrency, tim
         return partial(backends.TransformersBackend, model, batch_size=batch_size, device=device, dtype=dtype)
     if backend == "openai":
         if not base_url:
-            raise typer.BadParameter("--backend openai needs --base-url (e.g. http://localhost:8000/v1)")
+            raise ValueError("--backend openai needs --base-url (e.g. http://localhost:8000/v1)")
         return partial(backends.OpenAIBackend, base_url, model, api_key=api_key, concurrency=concurrency,
                        timeout=timeout)  # fmt: skip
-    raise typer.BadParameter(f"unknown backend {backend!r}; use transformers or openai")
+    raise ValueError(f"unknown backend {backend!r}; use transformers or openai")
 
 
 @app.command()
@@ -270,7 +291,7 @@ def stats(
     from desta_audio.data.stats import collect, render, write_histogram
 
     if not (folder / "data").is_dir():
-        raise typer.BadParameter(f"{folder} has no data/ folder; is it an output of `desta data generate`?")
+        raise ValueError(f"{folder} has no data/ folder; is it an output of `desta data generate`?")
     collected = collect(folder)
     render(collected)
     written = write_histogram(collected, png or folder / "response_lengths.png")

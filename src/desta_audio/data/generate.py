@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from desta_audio import __version__
-from desta_audio.data.audio_files import UnusableAudio, audio_duration
+from desta_audio.data.audio_files import UnusableAudio, unusable_audio_summary
 from desta_audio.data.backends import Backend, Generation, GenerationRequest
 from desta_audio.data.baselines import TEMPLATE_POOL_VERSION, template_choices
 from desta_audio.data.describe import DESCRIPTION_FORMAT_VERSION, describe
@@ -284,20 +284,9 @@ def check_same_record_settings(store: ShardStore, current: dict[str, Any]) -> No
                          "the earlier settings to resume, or write to a new output folder")  # fmt: skip
 
 
-def check_audio(samples: Iterable[PlannedSample], shown: int = 5) -> None:
+def check_audio(samples: Iterable[PlannedSample]) -> None:
     """Every clip still to generate must point at an existing file whose audio header reads (nothing decoded)."""
-    checked: set[str] = set()
-    unusable = []
-    for sample in samples:
-        if sample.item.audio in checked:
-            continue
-        checked.add(sample.item.audio)
-        try:
-            audio_duration(sample.item.audio)
-        except UnusableAudio as error:
-            unusable.append(f"{sample.item.dataset}/{sample.item.id}: {error}")
-    if unusable:
-        more = f" (and {len(unusable) - shown} more)" if len(unusable) > shown else ""
-        raise UnusableAudio(f"{len(unusable)} clip(s) have missing or unreadable audio: {'; '.join(unusable[:shown])}"
-                            f"{more}. Nothing was generated; fix the paths (audio_root in the mapping) or the files, "
-                            "or remove those rows, then rerun")  # fmt: skip
+    summary = unusable_audio_summary(sample.item for sample in samples)
+    if summary:
+        raise UnusableAudio(f"{summary}. Nothing was generated; fix the paths (audio_root in the mapping) or the "
+                            "files, or remove those rows, then rerun")  # fmt: skip

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from desta_audio.data.store import atomic_writer
+from desta_audio.messages import yaml_problem
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,17 @@ class SourceMapping(BaseModel):
             raw = yaml.safe_load(Path(path).read_text()) or {}
             return cls.model_validate(raw)
         except (OSError, yaml.YAMLError, ValueError) as err:
-            raise ValueError(f"source mapping {path}: {err}. See README 'Data' for the mapping keys.") from err
+            raise ValueError(f"source mapping {path}: {_one_line_reason(err)}. See README 'Data' for the mapping "
+                             "keys.") from err  # fmt: skip
+
+
+def _one_line_reason(error: Exception) -> str:
+    """pydantic and YAML explain over several lines (with a docs link); the command's error must stay one line."""
+    if isinstance(error, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'mapping'}: {e['msg']}" for e in error.errors())
+    if isinstance(error, yaml.YAMLError):
+        return f"not valid YAML ({yaml_problem(error)})"
+    return " ".join(str(error).split())
 
 
 @dataclass

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from desta_audio.messages import yaml_problem
+
 
 _BETA = Annotated[float, Field(ge=0, lt=1)]  # what AdamW accepts; refused here, before the model loads
 _SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
@@ -302,17 +304,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(error)})") from None
+        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(error)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model, data, optim, ...), got {type(raw).__name__}")
     return build_config(raw, overrides, source=str(path))
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    """One line: where and what (PyYAML's own text spans several lines and quotes the source)."""
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 def dump_config(config: TrainConfig) -> str:
