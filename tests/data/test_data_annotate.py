@@ -72,6 +72,22 @@ def test_dependencies_are_added_in_order():
     assert [a.name for a in build_annotators(["pitch"])] == ["vad", "pitch"]
 
 
+def test_a_clip_without_speech_gets_no_speaker_attributes(tmp_path):
+    """VAD finds no speech in a tone and the source has no transcript: no pitch or volume of a speaker (a beep's YIN
+    pitch is not one), while the measurements and the recording's own noise level are kept."""
+    t = np.arange(2 * RATE) / RATE
+    sf.write(tmp_path / "beep.wav", (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), RATE)
+    item = SourceItem(id="beep.wav", dataset="t", audio=str(tmp_path / "beep.wav"))
+    row = annotate_item(item, build_annotators(["duration", "loudness", "pitch", "snr"]))
+    assert row["speech_segments"] == [] and row["f0_median_hz"] == pytest.approx(440, rel=0.02)
+    assert "Pitch" not in row["attributes"] and "Volume" not in row["attributes"]
+    assert "Noise level" in row["attributes"] and row["duration"] == pytest.approx(2.0)
+    # A source transcript says there is speech that VAD missed: the speaker's attributes are kept.
+    spoken = annotate_item(SourceItem(id="beep.wav", dataset="t", audio=str(tmp_path / "beep.wav"), transcript="hi"),
+                           build_annotators(["loudness", "pitch"]))
+    assert spoken["attributes"]["Pitch"] == "Very high" and "Volume" in spoken["attributes"]
+
+
 @needs_espeak
 def test_espeak_controls_move_the_categories(tmp_path):
     annotators = build_annotators(["duration", "loudness", "pitch", "rate", "snr"])
@@ -110,7 +126,8 @@ def test_cache_hits_and_invalidates_when_the_file_changes(tmp_path):
 def test_source_metadata_wins_unless_overwrite(tmp_path):
     path = tmp_path / "tone.wav"
     sf.write(path, _harmonic(150, 1.0), RATE)
-    item = SourceItem(id="tone.wav", dataset="t", audio=str(path), duration=9.0, attributes={"Pitch": "High"})
+    item = SourceItem(id="tone.wav", dataset="t", audio=str(path), duration=9.0, attributes={"Pitch": "High"},
+                      transcript="a hum")  # the source says it is speech, though VAD hears none in a tone
     annotators = build_annotators(["duration", "pitch"])
     kept = annotate_item(item, annotators)
     assert kept["duration"] == 9.0 and kept["attributes"] == {"Pitch": "High"}
@@ -130,7 +147,7 @@ def test_annotated_rows_keep_every_attribute_for_describe(tmp_path):
     expected = {
         "m.jsonl": "[00:00-00:01] hello there (Gender: Male, Regional accent: Scottish, Number of speakers: 2, "
                    "Pitch: Normal, Duration: 1s)",
-        "plain.jsonl": "[00:00-00:01] (Number of speakers: 1, Pitch: Normal, Duration: 1s)",
+        "plain.jsonl": "[00:00-00:01] (Number of speakers: 1, Duration: 1s)",  # a tone, no transcript: no pitch
     }  # fmt: skip
     cli = [sys.executable, "-m", "desta_audio.data.cli"]
     for source, mapping in (("m.jsonl", ["-m", str(tmp_path / "map.yaml")]), ("plain.jsonl", [])):

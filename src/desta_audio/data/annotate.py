@@ -10,6 +10,9 @@
 | rate     | speech_rate_wps, speaking_speed | words of the transcript / seconds of speech |
 | snr      | snr_db, noise_level | power of speech parts vs the non-speech parts (VAD), else frame percentiles |
 
+Where VAD hears no speech and the source gives no transcript (a sound, music), the speaker's attributes (pitch,
+volume, speaking speed) are left out of `attributes`; their measurements stay as columns.
+
 Category thresholds (`VOLUME_BANDS`...) were calibrated with `python -m desta_audio.data.calibrate` on espeak-ng
 speech rendered at known amplitude, pitch, speed and mixed with noise at known SNR; see README "Data".
 """
@@ -328,6 +331,9 @@ _ATTRIBUTE_FIELDS = {column: name for column, name in DEFAULT_ATTRIBUTES.items()
                      if column in ("pitch", "volume", "speaking_speed", "language", "noise_level")}  # fmt: skip
 # Annotation fields with a place of their own in a `describe`-shaped row.
 _ROW_FIELDS = {"text": "transcript", "duration": "duration"}
+# A speaker's attributes: not given to a clip where VAD heard no speech and the source has no transcript (a beep's
+# YIN pitch or a song's level is not a speaker's). Their measurements stay as columns.
+_SPEAKER_FIELDS = ("pitch", "volume", "speaking_speed")
 
 
 def annotate_item(
@@ -357,7 +363,10 @@ def annotate_item(
                 row[_ROW_FIELDS[key]] = value
         elif key not in _ATTRIBUTE_FIELDS:
             row[key] = value
+    no_speaker = annotated.get("speech_segments") == [] and not (item.transcript or "").strip()
     for key, name in _ATTRIBUTE_FIELDS.items():
+        if no_speaker and key in _SPEAKER_FIELDS:
+            continue
         if annotated.get(key) is not None and (overwrite or name not in attributes):
             attributes[name] = annotated[key]
     return row
