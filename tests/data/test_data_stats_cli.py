@@ -121,6 +121,8 @@ def test_bad_options_and_outputs_end_with_one_line_and_exit_code_2(speech_manife
         (["describe", str(speech_manifest), "-o", str(a_file / "d.jsonl")], "is a file, not a folder"),
         (["annotate", str(speech_manifest), "-o", str(a_file / "d.jsonl"), "--annotators", "duration"],
          "is a file, not a folder"),
+        (["generate", str(speech_manifest), "-o", str(tmp_path / "g"), "--target", "foo"],
+         "unknown target 'foo' (--target): use self, other-llm, template"),
     ]:  # fmt: skip
         result = runner.invoke(app, command)
         assert result.exit_code == 2 and result.output.startswith("error: ") and message in result.output, result.output
@@ -168,3 +170,11 @@ def test_unreachable_endpoint_is_a_runtime_failure_naming_the_url(speech_manifes
 def test_generate_help_names_the_ray_extra_in_full():
     result = runner.invoke(app, ["generate", "--help"], env={"COLUMNS": "250"})
     assert result.exit_code == 0 and "pip install 'desta-audio[ray]'" in result.output
+
+
+def test_counts_below_one_are_refused_by_option_name(speech_manifest, tmp_path):
+    for option in ("--samples-per-clip", "--shard-size", "--batch-size", "--concurrency", "--max-new-tokens"):
+        result = runner.invoke(app, ["generate", str(speech_manifest), "-o", str(tmp_path / "g"), "--target",
+                                     "template", option, "0"], env={"COLUMNS": "200"})
+        assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output, result.output
+    assert not (tmp_path / "g").exists()

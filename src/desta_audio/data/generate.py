@@ -67,7 +67,7 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         if self.target_source not in TARGET_SOURCES:
-            raise ValueError(f"target_source must be one of {TARGET_SOURCES}, got {self.target_source!r}")
+            raise ValueError(f"unknown target {self.target_source!r} (--target): use {', '.join(TARGET_SOURCES)}")
         if self.samples_per_clip < 1 or self.shard_size < 1:
             raise ValueError("samples_per_clip and shard_size must be >= 1")
 
@@ -202,8 +202,9 @@ def run_generation(
     """
     from tqdm.auto import tqdm
 
-    store = ShardStore(out_dir)
-    done = store.completed_keys()
+    # A new output folder is made only once the plan and its audio passed their checks: a refused run leaves none.
+    store = ShardStore(out_dir) if Path(out_dir).exists() else None
+    done = store.completed_keys() if store else set()
     pool_version = pool.version if pool else TEMPLATE_POOL_VERSION
     run_settings = {
         "target_source": settings.target_source,
@@ -219,11 +220,12 @@ def run_generation(
         "description_format_version": DESCRIPTION_FORMAT_VERSION,
         "project_version": __version__,
     }
-    if done:
+    if store and done:
         check_same_record_settings(store, run_settings)
     plan = list(plan_samples(list(items), pool, settings))  # the whole source is read (and checked) first
     pending = [s for s in plan if s.key not in done]
     check_audio(pending)
+    store = store or ShardStore(out_dir)
     response_filter = ResponseFilter(check_language=settings.check_language)
     for row in store.iter_rows():
         response_filter.remember(row["key"], f"{row['dataset']}/{row['id']}", row["prompt"], row["response"])
