@@ -234,8 +234,8 @@ OUT = typer.Option(None, "--out", help="run folder (default runs/eval/<model>)")
 LIMIT = typer.Option(None, "--limit", help="only the first N items (per file/track/instance)")
 BATCH = typer.Option(4, "--batch-size", help="items per batched generate (--system api: requests in flight)")
 TOKENS = typer.Option(None, "--max-new-tokens", help="override the benchmark's protocol value")
-JUDGE = typer.Option(None, "--judge", help="none | fake | openai[:MODEL] | hf:MODEL (packaged LLM name, folder or "
-                                           "hub id) | replay:MODEL")
+JUDGE = typer.Option(None, "--judge", help="none (default) | fake | openai[:MODEL] | hf:MODEL (packaged LLM name, "
+                                           "folder or hub id) | replay:MODEL")
 JUDGE_CACHE = typer.Option(None, "--judge-cache", help="JSONL verdict cache (default <out>/judge-cache.jsonl)")
 JUDGE_URL = typer.Option(None, "--judge-base-url", help="OpenAI-compatible endpoint (vLLM, llama.cpp server...)")
 JUDGE_KEY = typer.Option("OPENAI_API_KEY", "--judge-key-env", help="environment variable holding the API key")
@@ -318,7 +318,9 @@ def speech_ifeval_command(data: Path = DATA, model: str = MODEL, system: SystemK
                           reference_backbone: bool = typer.Option(
                               True, "--reference-backbone/--no-reference-backbone",
                               help="also run the text-only backbone on textual_audio for the forgetting delta"),
-                          reference_ifrate: Optional[float] = typer.Option(None, help="known reference IFrate"),
+                          reference_ifrate: Optional[float] = typer.Option(
+                              None, help="IFrate of the text-only reference, when known (e.g. from a --system backbone "
+                                         "run): used instead of running the backbone"),
                           paragraph_split: ParagraphSplit = PARAGRAPHS, judge_prompts: Optional[Path] = JUDGE_PROMPTS,
                           audio_dir: Optional[Path] = typer.Option(None, help="base folder of audio_filepath"),
                           restart: bool = RESTART):
@@ -358,9 +360,10 @@ def score_command(predictions: Path = typer.Argument(..., help="a *.predictions.
                   judge_base_url: Optional[str] = JUDGE_URL, judge_key_env: str = JUDGE_KEY,
                   raw: bool = typer.Option(False, "--raw", help="MMAU: score the raw response"),
                   missing: MissingOutputs = MISSING,
-                  matcher: Optional[str] = typer.Option(None, help="Dynamic-SUPERB: consecutive | judge"),
+                  matcher: Optional[str] = typer.Option(None, help="Dynamic-SUPERB: consecutive (default) | judge"),
                   empty_label: EmptyLabel = EMPTY_LABEL,
-                  reference_ifrate: Optional[float] = typer.Option(None, help="Speech-IFEval: reference IFrate"),
+                  reference_ifrate: Optional[float] = typer.Option(
+                      None, help="Speech-IFEval: IFrate of the text-only reference, for the forgetting delta"),
                   paragraph_split: ParagraphSplit = PARAGRAPHS,
                   seed: int = typer.Option(0, help="VoiceBench: fallback seed"),
                   judge_prompts: Optional[Path] = JUDGE_PROMPTS):

@@ -16,7 +16,7 @@ from desta_audio.precision import DTYPE_HELP, check_dtype_names
 
 logger = logging.getLogger(__name__)
 
-_MODEL_HELP = "preset name (desta-tiny, desta-mini), local model folder or hub id"
+_MODEL_HELP = "preset (`desta models list`), local model folder or hub id"
 
 
 _DEVICE_HELP = "cpu or cuda (default: cuda when available)"

@@ -90,7 +90,7 @@ class LoraSection(_Section):
 
 
 class EncoderSection(_Section):
-    """Whisper encoder training. Anything but `frozen` disables the feature cache (the taps change)."""
+    """Whisper encoder training. Anything but `frozen` needs `cache.enabled=false` (cached taps would go stale)."""
 
     mode: Literal["frozen", "lora", "full"] = "frozen"
     lora_rank: int = Field(8, gt=0)
