@@ -12,12 +12,13 @@ from typing import Any, Optional
 
 import typer
 
+from desta_audio import zoo
 from desta_audio.audio import DEFAULT_MAX_SECONDS, SAMPLE_RATE
 from desta_audio.audio_cache import DEFAULT_AUDIO_CACHE_MB
 from desta_audio.cli_logging import setup_logging
 from desta_audio.precision import DTYPE_HELP, check_dtype_names, dtype_name
 
-DEFAULT_MODEL = "desta-mini"
+DEFAULT_MODEL = zoo.DEFAULT_PRESET
 
 _model_option = typer.Option(DEFAULT_MODEL, "--model", "-m",
                              help="Preset (`desta models list`), adapter folder, or hub id.")

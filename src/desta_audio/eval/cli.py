@@ -13,6 +13,7 @@ from typing import Any, NoReturn, Optional
 
 import typer
 
+from desta_audio import zoo
 from desta_audio.cli_logging import setup_logging
 
 app = typer.Typer(help="Evaluate on MMAU, Dynamic-SUPERB, SAKURA, Speech-IFEval and VoiceBench; rescore; report.",
@@ -111,7 +112,6 @@ def _system(kind: SystemKind, model: str, asr: str, base_url: Optional[str], con
         return systems.load_desta(model)
     if kind is SystemKind.cascade:
         return systems.Cascade.from_packaged(whisper=asr, llm=model)
-    from desta_audio import zoo
 
     path = Path(model) if Path(model).is_dir() else zoo.resolve_component(model)
     return systems.TextBackbone.from_path(path)
@@ -225,7 +225,7 @@ def _report_failures(predictions_files: list[Path]) -> None:
 
 # Shared options (typer needs them spelled out per command).
 DATA = typer.Option(..., "--data", help="local copy: JSON/JSONL file, folder, HF save_to_disk folder or parquet")
-MODEL = typer.Option("desta-mini", "--model", help="preset name, model folder or hub id (backbone/cascade: LLM; "
+MODEL = typer.Option(zoo.DEFAULT_PRESET, "--model", help="preset name, model folder or hub id (backbone/cascade: LLM; "
                                                   "api: the server's model id)")
 SYSTEM = typer.Option(SystemKind.desta, "--system",
                       help="desta model, text-only backbone, ASR->LLM cascade, a served model (OpenAI API), or a "
@@ -411,7 +411,7 @@ def report_command(run_dir: Path = typer.Argument(..., help="run folder with *.s
 
 
 @app.command("retention")
-def retention_command(model: str = typer.Option("desta-mini", help="DeSTA model: preset name, folder or hub id"),
+def retention_command(model: str = typer.Option(zoo.DEFAULT_PRESET, help="DeSTA model: preset name, folder or hub id"),
                       n: int = typer.Option(50, help="number of instructions"),
                       seed: int = typer.Option(0, help="seed of the instruction sample"),
                       batch_size: int = typer.Option(4, help="items per batched generate"),

@@ -10,6 +10,7 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 
+from desta_audio import zoo
 from desta_audio.audio_cache import DEFAULT_AUDIO_CACHE_MB
 from desta_audio.cli_logging import setup_logging
 from desta_audio.precision import DTYPE_HELP, check_dtype_names
@@ -89,7 +90,7 @@ def _fail(message: str) -> NoReturn:
 
 
 def serve(
-    model: Annotated[str, typer.Option(help=_MODEL_HELP)] = "desta-tiny",
+    model: Annotated[str, typer.Option(help=_MODEL_HELP)] = zoo.DEFAULT_PRESET,
     host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 exposes it to the network)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port", **_PORT)] = 8000,
     device: Annotated[Optional[str], typer.Option(help=_DEVICE_HELP)] = None,
@@ -159,7 +160,7 @@ def serve(
 
 
 def run_demo(
-    model: Annotated[str, typer.Option(help=_MODEL_HELP)] = "desta-tiny",
+    model: Annotated[str, typer.Option(help=_MODEL_HELP)] = zoo.DEFAULT_PRESET,
     host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 exposes it to the network)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port", **_PORT)] = 7860,
     device: Annotated[Optional[str], typer.Option(help=_DEVICE_HELP)] = None,
