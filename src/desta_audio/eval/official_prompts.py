@@ -163,6 +163,7 @@ OFFICIAL_URLS = {
     "sakura": "https://raw.githubusercontent.com/ckyang1124/SAKURA/main/evaluation/llm_judge.py",
 }
 FETCH_TIMEOUT_S = 10.0
+_FAILED_DOWNLOADS: dict[str, str] = {}  # url -> why its download failed, in this process
 MAX_FILE_BYTES = 2_000_000  # a judge script is a few kB; anything this large is not one
 
 
@@ -221,8 +222,8 @@ def fetch_official(benchmark: str) -> tuple[PromptSource | None, str]:
     """(the official prompts downloaded from the benchmark's repository, or None and why not).
 
     The file is kept in the cache only once it parses into every prompt, so a proxy's error page or a moved file is
-    never reused; a cached copy is used without the network."""
-    from desta_audio.data.store import atomic_writer
+    never reused; a cached copy is used without the network. A failed download is not tried again in this process
+    (a run scores its main and reference predictions one after the other)."""
     from desta_audio.zoo import cache_root
 
     url = OFFICIAL_URLS.get(benchmark)
@@ -233,24 +234,36 @@ def fetch_official(benchmark: str) -> tuple[PromptSource | None, str]:
     if not cached.is_file():
         if _offline():
             return None, f"not downloaded from {url} (HF_HUB_OFFLINE is set)"
-        try:
-            with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:
-                body = response.read(MAX_FILE_BYTES + 1)
-        except (urllib.error.URLError, OSError, ValueError) as error:
-            reason = getattr(error, "reason", None) or error
-            return None, f"could not download {url} ({reason})"
-        if len(body) > MAX_FILE_BYTES:
-            return None, f"{url} is larger than a judge script ({len(body)} bytes or more)"
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        trial = cached.with_name(f".{name}.{os.getpid()}.check.py")
-        try:
-            trial.write_bytes(body)
-            load_official(benchmark, trial)
-        except ValueError as error:
-            return None, f"the file downloaded from {url} is not usable ({str(error).replace(str(trial), name)})"
-        finally:
-            trial.unlink(missing_ok=True)
-        with atomic_writer(cached, binary=True) as handle:
-            handle.write(body)
+        if url not in _FAILED_DOWNLOADS:
+            failure = _download(benchmark, url, cached)
+            if failure:
+                _FAILED_DOWNLOADS[url] = failure
+        if url in _FAILED_DOWNLOADS:
+            return None, _FAILED_DOWNLOADS[url]
     source = load_official(benchmark, cached)
     return PromptSource(source.prompts, source.origin, url, source.sha256), ""
+
+
+def _download(benchmark: str, url: str, cached: Path) -> str | None:
+    """Fetch `url` into `cached` when it parses as the benchmark's official file; otherwise say why not."""
+    from desta_audio.data.store import atomic_writer
+
+    try:
+        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:
+            body = response.read(MAX_FILE_BYTES + 1)
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        return f"could not download {url} ({getattr(error, 'reason', None) or error})"
+    if len(body) > MAX_FILE_BYTES:
+        return f"{url} is larger than a judge script ({len(body)} bytes or more)"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    trial = cached.with_name(f".{cached.name}.{os.getpid()}.check.py")
+    try:
+        trial.write_bytes(body)
+        load_official(benchmark, trial)
+    except ValueError as error:
+        return f"the file downloaded from {url} is not usable ({str(error).replace(str(trial), cached.name)})"
+    finally:
+        trial.unlink(missing_ok=True)
+    with atomic_writer(cached, binary=True) as handle:
+        handle.write(body)
+    return None
