@@ -90,6 +90,20 @@ def test_a_component_only_on_the_hub_fails_in_one_line_offline(offline_hub, clip
                           "openai/whisper-tiny: not in the local cache, and the Hugging Face hub download failed")
 
 
+def test_a_damaged_converted_model_names_the_command_that_rebuilds_it(clip, tmp_path, monkeypatch):
+    from desta_audio import zoo
+
+    monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path / "cache"))
+    (zoo.models_dir() / "smollm2-135m-instruct").mkdir(parents=True)
+    folder = zoo.models_dir() / "whisper-base"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "whisper"')  # cut short after its marker checked out
+    monkeypatch.setattr(zoo, "prepare_packaged", lambda name, **_: zoo.models_dir() / name)
+    result = run("ask", clip, "What is this?", "--model", "desta-tiny")
+    assert_one_line_error(result, f"{folder}: cannot load this converted model (")
+    assert "run `desta models prepare whisper-base` to check and convert it again" in result.stderr
+
+
 @pytest.mark.parametrize("name", ["ask", "chat"])
 def test_bad_devices_fail_in_one_line(no_loading, clip, name):
     assert_one_line_error(run(*command(name, clip, "--device", "bogus"), stdin=""), "device 'bogus' is not one of")

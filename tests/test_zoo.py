@@ -267,6 +267,64 @@ def test_outdated_cache_is_rebuilt(fake, cache: Path):
     assert _leftovers(cache) == ["fake-llm"]
 
 
+def test_a_cached_model_damaged_later_is_detected_and_rebuilt(fake, cache: Path):
+    path = zoo.prepare_llm("fake-llm", show_progress=False)
+    marker = json.loads((path / "desta-source.json").read_text())
+    assert set(marker["files"]) == {"weights.bin", "side.json"}
+    with open(path / "weights.bin", "r+b") as weights:  # a disk that filled up, or a copy cut short
+        weights.truncate(100)
+    assert not zoo.is_prepared("fake-llm")
+    (zoo.prepare_llm("fake-llm", show_progress=False) / "side.json").unlink()
+    assert not zoo.is_prepared("fake-llm")
+    path = zoo.prepare_llm("fake-llm", show_progress=False)
+    assert (path / "weights.bin").read_bytes() == PART1 + PART2 and (path / "side.json").exists()
+    assert len(fake.calls) == 3 and _leftovers(cache) == ["fake-llm"]
+
+
+def test_cli_prepare_checks_the_cached_bytes_and_repairs_them(fake, cache: Path):
+    from typer.testing import CliRunner
+
+    from desta_audio.cli_models import models_app
+
+    path = zoo.prepare_llm("fake-llm", show_progress=False)
+    with open(path / "weights.bin", "r+b") as weights:  # same size: only the sha256 tells
+        weights.write(b"X")
+    assert zoo.is_prepared("fake-llm")  # loading checks sizes only, so it stays fast
+    assert CliRunner().invoke(models_app, ["prepare", "fake-llm"]).exit_code == 0
+    assert (path / "weights.bin").read_bytes() == PART1 + PART2 and len(fake.calls) == 2
+
+    marker = json.loads((path / "desta-source.json").read_text())
+    del marker["files"]  # as written before markers listed their files
+    (path / "desta-source.json").write_text(json.dumps(marker))
+    assert zoo.prepare_llm("fake-llm", show_progress=False) == path and len(fake.calls) == 2  # still loads
+    assert CliRunner().invoke(models_app, ["prepare", "fake-llm"]).exit_code == 0  # converted again: checkable
+    assert "files" in json.loads((path / "desta-source.json").read_text()) and len(fake.calls) == 3
+
+
+def test_an_unwritable_cache_is_one_clear_error(fake, cache: Path, tmp_path: Path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from desta_audio.cli_models import models_app
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path / "a-file"))
+    failed = CliRunner().invoke(models_app, ["prepare", "fake-llm"])
+    assert failed.exit_code == 1
+    assert failed.stderr.strip().splitlines() == [
+        f"error: cannot write the model cache {tmp_path / 'a-file' / 'models'} (Not a directory: "
+        f"{tmp_path / 'a-file' / 'models'}); set DESTA_CACHE to a writable folder with room for fake-llm"]
+
+    def disk_full(source, side_files, output, step):
+        (output / "weights.bin").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setenv(zoo.CACHE_ENV, str(cache))
+    monkeypatch.setitem(zoo.PACKAGED, "fake-llm", _fake_weights(disk_full))
+    with pytest.raises(zoo.PackagedWeightsError, match=r"cannot write the model cache .*No space left on device"):
+        zoo.prepare_llm("fake-llm", show_progress=False)
+    assert _leftovers(cache) == []
+
+
 # ----------------------------------------------------------------------------------------------- presets
 
 

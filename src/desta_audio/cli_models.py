@@ -107,15 +107,16 @@ def prepare_model(
 ) -> None:
     """Make a model load offline: convert its packaged weights into the cache. Safe to re-run.
 
-    For a hub preset, download its components into the Hugging Face cache instead."""
+    A model already in the cache has its files checked (sha256) and is converted again if one is damaged. For a hub
+    preset, download its components into the Hugging Face cache instead."""
     if name not in zoo.PRESETS and name not in zoo.PACKAGED:
         _fail(f"unknown model {name!r}; presets: {', '.join(zoo.PRESETS)}; packaged models: "
               f"{', '.join(zoo.PACKAGED)}")
     try:
         if name in zoo.PACKAGED:
-            typer.echo(f"{name}: {zoo.prepare_packaged(name)}")  # echo: a path must not wrap or read as markup
+            typer.echo(f"{name}: {zoo.prepare_packaged(name, verify=True)}")  # echo: a path must not wrap as markup
             return
-        preset = zoo.prepare(name)
+        preset = zoo.prepare(name, verify=True)
         downloaded = zoo.download_hub_components(preset)
     except (ValueError, zoo.PackagedWeightsError) as error:
         _fail(str(error))

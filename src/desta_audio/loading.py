@@ -224,10 +224,21 @@ def _component(reference: str | Path) -> str | Path:
 def _loading(component: str | Path) -> Iterator[None]:
     """Turn transformers' failure to find or read a component (OSError: offline hub, missing files) into a
     ModelLoadError that says what to do."""
+    from safetensors import SafetensorError
+
+    from desta_audio import zoo
+
+    # A converted folder whose marker and file sizes are intact yet fails to load most likely had bytes changed
+    # after conversion (or predates file checks): any error reading it names the command that checks and rebuilds it.
+    cached = isinstance(component, Path) and component.parent == zoo.models_dir() and component.name in zoo.PACKAGED
+    failures = (OSError, ValueError, SafetensorError) if cached else (OSError,)
     try:
         yield
-    except OSError as error:
+    except failures as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if cached:
+            raise ModelLoadError(f"{component}: cannot load this converted model ({reason}); it may be damaged: run "
+                                 f"`desta models prepare {component.name}` to check and convert it again") from None
         if isinstance(component, Path):
             raise ModelLoadError(f"{component}: cannot load this model folder ({reason})") from None
         raise ModelLoadError(f"{component}: not in the local cache, and the Hugging Face hub download failed "

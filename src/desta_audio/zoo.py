@@ -7,7 +7,10 @@ return the cached folder at once.
 
 The cache is safe to share between processes: a conversion runs under a lock file, is written into a staging
 folder beside the target and moved into place with one atomic rename, so an interrupted conversion never leaves a
-half-written model behind (the next run removes the stale staging folder and starts again).
+half-written model behind (the next run removes the stale staging folder and starts again). The marker written last
+lists every converted file with its size and sha256: a cached folder whose files went missing or changed size later
+counts as not prepared (and is converted again when next needed); `prepare_packaged(verify=True)` also checks the
+sha256 of each file, which catches changed bytes too.
 """
 
 from __future__ import annotations
@@ -241,12 +244,33 @@ def is_prepared(name: str) -> bool:
     return _is_complete(cached_path(name), packaged_weights(name))
 
 
-def _is_complete(target: Path, weights: PackagedWeights) -> bool:
+def _is_complete(target: Path, weights: PackagedWeights, *, verify: bool = False, warn: bool = False) -> bool:
+    """A marker for these weights, and every file it lists present with its size (`verify`: and its sha256).
+    `warn`: say which file of a converted folder is damaged (before it is converted again)."""
     try:
         marker = json.loads((target / _MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return marker.get("sha256") == weights.sha256 and marker.get("format") == CONVERSION_FORMAT
+    if marker.get("sha256") != weights.sha256 or marker.get("format") != CONVERSION_FORMAT:
+        return False
+    files = marker.get("files")
+    if files is None:  # written before markers listed their files: nothing to check against
+        if verify and warn:
+            logger.warning("%s predates file checks; converting %s again so it can be checked.", target, weights.name)
+        return not verify
+    for relative, expected in files.items():
+        path = target / relative
+        try:
+            damaged = path.stat().st_size != expected["bytes"] or (
+                verify and _hash_files([path], None, None) != expected["sha256"])
+        except OSError:
+            damaged = True
+        if damaged:
+            if warn:
+                logger.warning("%s is damaged (%s is missing or changed); converting %s again.", target,
+                               relative, weights.name)
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------- preparing
@@ -273,24 +297,44 @@ def _prepare_kind(name: str, kind: str, show_progress: bool) -> Path:
     return prepare_packaged(name, show_progress=show_progress)
 
 
-def prepare_packaged(name: str, *, show_progress: bool = True) -> Path:
-    """Convert packaged weights `name` into the cache unless already there; return the transformers folder."""
-    from filelock import FileLock, Timeout
+def prepare_packaged(name: str, *, show_progress: bool = True, verify: bool = False) -> Path:
+    """Convert packaged weights `name` into the cache unless already there; return the transformers folder.
+
+    `verify`: also check the sha256 of each cached file (about a second per 500 MB) and convert again if one changed.
+    """
+    from safetensors import SafetensorError
 
     weights = packaged_weights(name)
     root = models_dir()
     target = root / name
-    if _is_complete(target, weights):
+    if _is_complete(target, weights, verify=verify, warn=True):
         return target
+    try:
+        return _convert_under_lock(weights, root, target, show_progress, verify)
+    # The cache folder is a file, read-only, or on a full disk (saving the weights reports that as SafetensorError).
+    except (OSError, SafetensorError) as error:
+        reason = f"{error.strerror}: {error.filename}" if getattr(error, "filename", None) else str(error)
+        raise PackagedWeightsError(
+            f"cannot write the model cache {root} ({reason}); set {CACHE_ENV} to a writable folder with room for "
+            f"{name}"
+        ) from None
+
+
+def _convert_under_lock(weights: PackagedWeights, root: Path, target: Path, show_progress: bool,
+                        verify: bool) -> Path:
+    from filelock import FileLock, Timeout
+
+    name = weights.name
     root.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(root / f".{name}.lock"))
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        logger.info("Another process is preparing %s; waiting for it.", name)
+        # Shown: otherwise the command sits silent for as long as the other conversion takes.
+        logger.warning("Another process is preparing %s; waiting for it.", name)
         lock.acquire()
     try:
-        if _is_complete(target, weights):  # the other process finished it
+        if _is_complete(target, weights, verify=verify):  # the other process finished it
             return target
         _remove_stale_staging(root, name)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=root))
@@ -358,16 +402,21 @@ def _build(weights: PackagedWeights, staging: Path, show_progress: bool) -> None
         "format": CONVERSION_FORMAT,
         "packages": sorted({f.requirement for f in (*weights.parts, *weights.side_files.values())}),
         "conversion_seconds": round(seconds, 1),
+        # What a later check compares the cached folder against (sizes always, sha256 on request).
+        "files": {path.relative_to(output).as_posix(): {"bytes": path.stat().st_size,
+                                                        "sha256": _hash_files([path], None, None)}
+                  for path in sorted(output.rglob("*")) if path.is_file()},
     }
     # Written last: a folder with a valid marker is a complete conversion.
     (output / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     logger.info("Prepared %s in %.1f s.", weights.name, seconds)
 
 
-def _hash_files(parts: list[Path], destination: Path | None, progress, description: str) -> str:
-    """sha256 of the concatenated parts, written to `destination` on the way if given."""
+def _hash_files(parts: list[Path], destination: Path | None, progress, description: str = "") -> str:
+    """sha256 of the concatenated parts, written to `destination` on the way if given; `progress` may be None."""
     digest = hashlib.sha256()
-    task = progress.add_task(description, total=sum(p.stat().st_size for p in parts), bytes=True)
+    task = None if progress is None else progress.add_task(description, total=sum(p.stat().st_size for p in parts),
+                                                             bytes=True)
     with open(destination, "wb") if destination else _no_file() as sink:
         for part in parts:
             with part.open("rb") as stream:
@@ -375,7 +424,8 @@ def _hash_files(parts: list[Path], destination: Path | None, progress, descripti
                     digest.update(chunk)
                     if sink is not None:
                         sink.write(chunk)
-                    progress.advance(task, len(chunk))
+                    if task is not None:
+                        progress.advance(task, len(chunk))
     return digest.hexdigest()
 
 
@@ -492,10 +542,11 @@ def get_preset(name: str) -> Preset:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def resolve_component(ref: str | os.PathLike) -> str | Path:
-    """Packaged model name -> prepared local folder; existing local path -> Path; hub id ("owner/name") -> as is."""
+def resolve_component(ref: str | os.PathLike, *, verify: bool = False) -> str | Path:
+    """Packaged model name -> prepared local folder; existing local path -> Path; hub id ("owner/name") -> as is.
+    `verify`: see `prepare_packaged`."""
     if isinstance(ref, str) and ref in PACKAGED:
-        return prepare_packaged(ref)
+        return prepare_packaged(ref, verify=verify)
     path = Path(ref).expanduser()
     if path.exists():
         return path
@@ -507,13 +558,13 @@ def resolve_component(ref: str | os.PathLike) -> str | Path:
     )
 
 
-def prepare(preset_name: str = DEFAULT_PRESET) -> Preset:
+def prepare(preset_name: str = DEFAULT_PRESET, *, verify: bool = False) -> Preset:
     """The preset with its packaged components converted into the cache and replaced by their local folders."""
     preset = get_preset(preset_name)
     return dataclasses.replace(
         preset,
-        encoder=resolve_component(preset.encoder),
-        llm=resolve_component(preset.llm),
+        encoder=resolve_component(preset.encoder, verify=verify),
+        llm=resolve_component(preset.llm, verify=verify),
         adapter=None if preset.adapter is None else resolve_component(preset.adapter),
     )
 
