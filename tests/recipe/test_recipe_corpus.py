@@ -249,3 +249,30 @@ def test_same_seed_gives_byte_identical_corpus_whatever_the_worker_count(tmp_pat
     assert first.train == second.train and first.heldout == second.heldout
     for row in first.train + first.heldout:
         assert (tmp_path / "a" / row["audio"]).read_bytes() == (tmp_path / "b" / row["audio"]).read_bytes(), row["id"]
+
+
+def test_a_size_or_worker_count_below_one_records_nothing(tmp_path):
+    for options in ({"size": 0}, {"size": -5}, {"size": 12, "workers": 0}):
+        with pytest.raises(ValueError, match="must be at least 1"):
+            build_corpus(tmp_path / "c", **options, progress=False)
+    assert not (tmp_path / "c").exists()  # no build.json to refuse the corrected rerun
+
+
+@needs_espeak
+def test_ctrl_c_stops_the_build_without_rendering_the_queued_clips(tmp_path, monkeypatch):
+    import tqdm.auto
+
+    import desta_audio.recipe.corpus as corpus_module
+
+    class InterruptedBar(tqdm.auto.tqdm):
+        def update(self, n=1):
+            raise KeyboardInterrupt  # Ctrl-C as the first clip comes back
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", InterruptedBar)
+    monkeypatch.setattr(corpus_module.Availability, "detect",
+                        classmethod(lambda cls: Availability(True, False, False, False, False)))  # fmt: skip
+    planned = len(plan_corpus(200, seed=3, available=Availability(True, False, False, False, False))[0])
+    with pytest.raises(KeyboardInterrupt):
+        build_corpus(tmp_path, size=200, seed=3, workers=2, progress=False)
+    assert len(list((tmp_path / "audio").rglob("*.wav"))) < planned / 2
+

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from desta_audio.eval.ifeval import forgetting_delta
 from desta_audio.recipe import heldout, mini, resume_check
 from desta_audio.recipe.cli import app
+from tests.recipe.conftest import needs_espeak
 
 ROWS = [
     {"id": "a", "audio": "a.wav", "kind": "speech", "text": "Turn left after the museum.", "language": "English",
@@ -225,3 +226,71 @@ def test_help_names_every_output_and_the_default_sources():
     text = " ".join(result.output.replace("│", " ").split())
     assert result.exit_code == 0
     assert "report.json" in text and "OUT_DIR/adapter" in text and "(default: all three)" in text
+
+
+def test_counts_that_cannot_work_are_refused_before_recipe_json_records_them(tmp_path):
+    for option, value in (("--clips", "0"), ("--records", "-2"), ("--corpus-size", "0")):
+        result = CliRunner().invoke(app, ["mini", str(tmp_path / "run"), option, value])
+        assert result.exit_code == 1 and f"{option} must be at least 1, got {value}" in result.output, result.output
+    assert not (tmp_path / "run").exists()  # nothing recorded: a corrected rerun is not refused
+
+
+@needs_espeak
+def test_more_clips_than_the_corpus_will_have_is_refused_before_recipe_json_records_them(tmp_path):
+    result = CliRunner().invoke(app, ["mini", str(tmp_path / "run"), "--corpus-size", "12", "--clips", "1100"])
+    assert result.exit_code == 1, result.output
+    assert "--clips 1100 is more than the" in result.output and "lower --clips or raise --corpus-size" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("command", "kept"), [("corpus", "the clips written so far"),
+                                               ("mini", "the clips, targets, checkpoints and answers written so far")])
+def test_ctrl_c_is_one_line_that_says_how_to_resume(command, kept, tmp_path, monkeypatch):
+    from desta_audio.recipe import corpus
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(corpus, "build_corpus", interrupted)
+    monkeypatch.setattr(mini, "run_recipe", interrupted)
+    result = CliRunner().invoke(app, [command, str(tmp_path)])
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    said = " ".join(result.output.split())
+    assert f"interrupted: {kept} stay in {tmp_path}; rerun the same command to resume" in said
+
+
+def test_an_interrupted_training_says_which_checkpoint_resumes(tmp_path, monkeypatch):
+    from desta_audio.train.recipe import TrainingInterrupted
+
+    def interrupted_training(*args, **kwargs):
+        raise TrainingInterrupted("stopped by Ctrl-C after step 3; run the same command to resume from step-3")
+
+    monkeypatch.setattr(mini, "run_recipe", interrupted_training)
+    result = CliRunner().invoke(app, ["mini", str(tmp_path)])
+    assert result.exit_code == 130 and "interrupted: stopped by Ctrl-C after step 3; run the same" in result.output
+
+
+def test_transcripts_made_before_an_interruption_are_kept(tmp_path):
+    class Prepared:
+        def __init__(self, audio):
+            self.transcript = f"words of {audio}"
+
+    class Transcriber:
+        def __init__(self, fail_on_call=None):
+            self.asked, self.calls, self.fail_on_call = [], 0, fail_on_call
+
+        def prepare_audios(self, refs):
+            self.calls += 1
+            if self.calls == self.fail_on_call:
+                raise KeyboardInterrupt
+            self.asked += [ref.audio for ref in refs]
+            return [Prepared(ref.audio) for ref in refs]
+
+    audios = [f"{k}.wav" for k in range(5)]
+    path = tmp_path / "eval" / "transcripts.json"
+    with pytest.raises(KeyboardInterrupt):
+        mini.transcripts_for(Transcriber(fail_on_call=3), audios, path, batch=2)
+    assert sorted(json.loads(path.read_text())) == audios[:4]
+    resumed = Transcriber()
+    assert mini.transcripts_for(resumed, audios, path, batch=2) == {a: f"words of {a}" for a in audios}
+    assert resumed.asked == ["4.wav"]

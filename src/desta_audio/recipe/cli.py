@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,6 +19,21 @@ app = typer.Typer(help="The small recipe: corpus, self-generated targets, a trai
 @app.callback()
 def _recipe() -> None:
     """Keeps the steps named subcommands."""
+
+
+@contextmanager
+def _reported_as_one_line(kept: str) -> Iterator[None]:
+    """Errors and Ctrl-C end the command with one line (no traceback) that says how to go on."""
+    try:
+        yield
+    except (OSError, RuntimeError, ValueError) as err:  # OSError: OUT_DIR a file, disk full, no permission
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt as interrupt:
+        # An interrupted training run names the checkpoint it resumes from; other steps keep what they wrote.
+        reason = str(interrupt) or f"{kept}; rerun the same command to resume"
+        typer.echo(f"\ninterrupted: {reason}", err=True)
+        raise typer.Exit(130) from None  # the shell's code for Ctrl-C
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -40,11 +57,8 @@ def corpus(
 
     _check_out_dir(out_dir)
     setup_logging()
-    try:
+    with _reported_as_one_line(kept=f"the clips written so far stay in {out_dir}"):
         result = build_corpus(out_dir, size=size, seed=seed, workers=workers, progress=not quiet)
-    except (OSError, RuntimeError, ValueError) as err:  # OSError: OUT_DIR a file, disk full, no permission
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     summary = result.summary
     for split in ("train", "heldout"):
         part = summary[split]
@@ -82,10 +96,7 @@ def mini(
     if unknown:
         raise typer.BadParameter(f"unknown source(s) {unknown}; choose from {', '.join(TARGET_SOURCES)}")
     settings = RecipeSettings(out_dir=out_dir, corpus_size=corpus_size, clips=clips, records=records, seed=seed)
-    try:
+    with _reported_as_one_line(kept=f"the clips, targets, checkpoints and answers written so far stay in {out_dir}"):
         report = run_recipe(settings, source or None, progress=not quiet, echo=typer.echo)
-    except (OSError, RuntimeError, ValueError) as err:  # OSError: OUT_DIR a file, disk full, no permission
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(report.read_text(encoding="utf-8").split("```")[0])
     typer.echo(f"-> {report}, {report.with_suffix('.png')}")

@@ -99,9 +99,15 @@ class Availability:
 # ---- planning -------------------------------------------------------------------------------------------------
 
 
+def check_at_least_one(**options: int) -> None:
+    """Refuse a count below 1, named as its command-line option, before anything is recorded or written."""
+    for name, value in options.items():
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
 def family_counts(size: int) -> dict[str, int]:
-    if size < 1:
-        raise ValueError(f"--size must be at least 1, got {size}")
+    check_at_least_one(size=size)
     return {family: max(2, round(share * size)) for family, share in SHARES.items()}
 
 
@@ -466,6 +472,7 @@ def build_corpus(out_dir: str | Path, size: int = DEFAULT_SIZE, seed: int = 0, w
 
     from tqdm.auto import tqdm
 
+    check_at_least_one(size=size, workers=workers)  # before build.json would record a size that cannot build
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_build_settings(out_dir, size, seed)
@@ -477,10 +484,15 @@ def build_corpus(out_dir: str | Path, size: int = DEFAULT_SIZE, seed: int = 0, w
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(_render_job, job) for job in jobs]
-            for future in as_completed(futures):
-                row = future.result()
-                rows[row["id"]] = row
-                bar.update()
+            try:
+                for future in as_completed(futures):
+                    row = future.result()
+                    rows[row["id"]] = row
+                    bar.update()
+            except BaseException:
+                # Ctrl-C or a failed clip: stop at the clips in flight instead of rendering every queued one.
+                pool.shutdown(cancel_futures=True)
+                raise
     else:
         for job in jobs:
             row = _render_job(job)

@@ -205,13 +205,14 @@ def transcripts_for(model: Any, audios: list[str], path: Path, batch: int = 16) 
 
     done: dict[str, str] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     pending = sorted(set(audios) - set(done))
+    path.parent.mkdir(parents=True, exist_ok=True)
     with torch.inference_mode():
         for start in range(0, len(pending), batch):
             chunk = pending[start:start + batch]
             for audio, prepared in zip(chunk, model.prepare_audios([AudioRef(a, None) for a in chunk]), strict=True):
                 done[audio] = prepared.transcript
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(done, ensure_ascii=False, indent=0))
+            # After every batch, so an interrupted evaluation does not transcribe these clips again.
+            atomic_write_text(path, json.dumps(done, ensure_ascii=False, indent=0))
     return done
 
 
@@ -317,12 +318,28 @@ def export_adapter(final_dir: Path, out_dir: Path) -> Path:
 # ------------------------------------------------------------------------------------------------ driver
 
 
+def check_numbers(settings: RecipeSettings) -> None:
+    """Refuse counts that cannot work before recipe.json records them (a rerun must repeat recorded settings)."""
+    from desta_audio.recipe.corpus import check_at_least_one, plan_corpus
+    from desta_audio.recipe.resume_check import recorded_settings
+
+    check_at_least_one(corpus_size=settings.corpus_size, clips=settings.clips, records=settings.records)
+    if recorded_settings(settings.out_dir) is not None:
+        return  # checked when they were recorded; a rerun with others is refused with the differences
+    plans, _ = plan_corpus(settings.corpus_size, settings.seed)  # planning is fast: no audio is made
+    train_clips = sum(plan.split == "train" for plan in plans)
+    if settings.clips > train_clips:
+        raise ValueError(f"--clips {settings.clips} is more than the {train_clips} training clips of a "
+                         f"--corpus-size {settings.corpus_size} corpus; lower --clips or raise --corpus-size")
+
+
 def run_recipe(settings: RecipeSettings, sources: list[str] | None = None, progress: bool = True,
                echo: Callable[[str], None] = print) -> Path:
     """Every step in order; rerunning resumes where the last run stopped."""
     from desta_audio.recipe.resume_check import check_budget, check_settings
 
     sources = sources or list(TARGET_SOURCES)
+    check_numbers(settings)
     check_settings(settings.out_dir, {k: v for k, v in asdict(settings).items() if k != "out_dir"})
     echo("[1/6] corpus")
     build_corpus_step(settings, progress)

@@ -35,6 +35,10 @@ def check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
                      f"or {START_OVER}")  # fmt: skip
 
 
+def recorded_settings(out_dir: Path) -> dict[str, Any] | None:
+    return _read(out_dir).get("settings")
+
+
 def check_budget(out_dir: Path, budget: int, kept: dict[str, int]) -> None:
     """Every adapter of one folder trains on the same number of records; record it, or refuse another."""
     marker = _read(out_dir)
