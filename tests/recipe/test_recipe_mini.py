@@ -1,7 +1,7 @@
 import json
 
 import pytest
-
+import torch
 from typer.testing import CliRunner
 
 from desta_audio.eval.ifeval import forgetting_delta
@@ -123,6 +123,11 @@ def test_training_precision_follows_the_hardware(tmp_path, monkeypatch, native_b
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     config = mini.train_config(mini.RecipeSettings(out_dir=tmp_path), "self", 512)
     assert config.run.precision == precision
+    # Generation and evaluation likewise, unless a dtype is named.
+    settings = mini.RecipeSettings(out_dir=tmp_path)
+    expected = torch.bfloat16 if native_bf16 else torch.float32
+    assert mini.cpu_dtype(settings.generator_dtype) == mini.cpu_dtype(settings.eval_dtype) == expected
+    assert mini.cpu_dtype("float32") == torch.float32
 
 
 def test_subset_is_seeded_and_written_once(tmp_path):

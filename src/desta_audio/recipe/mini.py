@@ -57,12 +57,12 @@ class RecipeSettings:
     clips: int = 1100  # training clips that get targets, the same for every source
     records: int = 768  # records each adapter trains on (the shared data budget)
     seed: int = 0
-    generator_dtype: str = "bfloat16"
+    generator_dtype: str | None = None  # None: the package's choice for this CPU (bf16 only where it is native)
     generator_batch: int = 16
     max_new_tokens: int = 128  # longer answers are quarantined as truncated
     per_question: int = 50
     instructions: int = 40
-    eval_dtype: str = "bfloat16"
+    eval_dtype: str | None = None  # as generator_dtype
     eval_batch: int = 16
 
     @property
@@ -114,6 +114,7 @@ def targets_step(settings: RecipeSettings, source: str, progress: bool = True) -
     from desta_audio.data.prompts import PromptPool
     from desta_audio.data.sources import read_source
     from desta_audio.data.store import Decoding
+    from desta_audio.precision import dtype_name
 
     target, model = TARGET_SOURCES[source]
     generation = GenerationSettings(
@@ -126,7 +127,7 @@ def targets_step(settings: RecipeSettings, source: str, progress: bool = True) -
         backend, pool = backends.TemplateBackend(), None
     else:
         backend = backends.TransformersBackend(model, batch_size=settings.generator_batch, device="cpu",
-                                               dtype=settings.generator_dtype)  # fmt: skip
+                                               dtype=dtype_name(cpu_dtype(settings.generator_dtype)))  # fmt: skip
         pool = PromptPool.load(None)
     summary = run_generation(read_source(settings.subset_path), backend, settings.targets_dir(source), generation,
                              pool, progress=progress)  # fmt: skip
@@ -138,6 +139,16 @@ def kept_records(settings: RecipeSettings, source: str) -> int:
     from desta_audio.train.records import read_records
 
     return len(read_records(settings.targets_dir(source) / "data"))
+
+
+def cpu_dtype(name: str | None) -> Any:
+    """A recipe dtype setting: the named one, or the package's choice on this CPU (bf16 where it is native; emulated,
+    bf16 generates and trains 3-4x slower than fp32)."""
+    import torch
+
+    from desta_audio.precision import default_dtype, parse_dtype
+
+    return parse_dtype(name) if name else default_dtype(torch.device("cpu"))
 
 
 def train_config(settings: RecipeSettings, source: str, records: int) -> Any:
@@ -224,7 +235,6 @@ def transcripts_for(model: Any, audios: list[str], path: Path, batch: int = 16) 
 
 
 def evaluate_step(settings: RecipeSettings, sources: list[str], progress: bool = True) -> dict[str, dict[str, float]]:
-    import torch
     from tqdm.auto import tqdm
 
     from desta_audio.eval.systems import TextBackbone
@@ -233,7 +243,7 @@ def evaluate_step(settings: RecipeSettings, sources: list[str], progress: bool =
 
     items = heldout_items(settings)
     eval_dir = settings.out_dir / "eval"
-    dtype = getattr(torch, settings.eval_dtype)
+    dtype = cpu_dtype(settings.eval_dtype)
     systems = [UNTRAINED, *sources]
     results: dict[str, dict[str, float]] = {}
     transcripts: dict[str, str] | None = None
