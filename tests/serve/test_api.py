@@ -208,6 +208,55 @@ def test_malformed_requests_get_400(served):
         client(served).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
 
 
+@pytest.mark.parametrize(("body", "headers", "expected"), [
+    (b"{not json", {"content-type": "application/json"},
+     "invalid request: the body is not valid JSON (Expecting property name enclosed in double quotes); "
+     "send a JSON object"),
+    # curl -d without -H sends a form content type
+    (f'{{"model": "{MODEL}", "messages": []}}'.encode(), {"content-type": "application/x-www-form-urlencoded"},
+     "invalid request: the body must be a JSON object sent with 'Content-Type: application/json', "
+     'like {"model": ..., "messages": [...]}'),
+    (f'{{"model": "{MODEL}", "messages": [{{"role": "user", "content": [{{"type": "text", "text": "What is it?"}}, '
+     '{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}'.encode(),
+     {"content-type": "application/json"},
+     "invalid request: messages[0].content[1]: content parts must be of type text, input_audio or audio_url "
+     "(images and files are not supported)"),
+    (f'{{"model": "{MODEL}", "messages": [{{"role": "user", "content": [{{"type": "input_audio", '
+     '"input_audio": {"format": "wav"}}]}]}'.encode(), {"content-type": "application/json"},
+     "invalid request: messages[0].content[0].input_audio.data: Field required"),
+])
+def test_malformed_requests_get_one_clear_line(served, body, headers, expected):
+    response = httpx.post(f"{served}/v1/chat/completions", content=body, headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == expected
+
+
+def test_a_wrong_url_or_method_says_where_the_api_is(served):
+    # the usual mistake: a base_url without /v1
+    with pytest.raises(openai.NotFoundError) as caught:
+        openai.OpenAI(base_url=served, api_key="unused", max_retries=0).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}])
+    assert caught.value.message.endswith("Invalid URL (POST /chat/completions); this server answers POST "
+                                    "/v1/chat/completions and GET /v1/models (a client's base_url ends in /v1)")
+    wrong_method = httpx.get(f"{served}/v1/chat/completions")
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["message"].startswith("Invalid URL (GET /v1/chat/completions); ")
+
+
+def test_explicit_nulls_mean_the_defaults(served):
+    # OpenAI takes null for every optional field, and clients that serialise unset fields send it.
+    nulls = dict.fromkeys(["n", "stream", "stop", "temperature", "top_p", "seed", "max_tokens", "tools", "logprobs",
+                           "response_format", "presence_penalty", "user"])
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], **nulls}
+    response = httpx.post(f"{served}/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"].endswith("last=[Hello] audio_samples=[]")
+    streamed = httpx.post(f"{served}/v1/chat/completions",
+                          json={**body, "stream": True, "stream_options": {"include_usage": None}})
+    assert streamed.status_code == 200, streamed.text
+    assert streamed.text.endswith("data: [DONE]\n\n") and '"usage"' not in streamed.text
+
+
 def test_model_failure_is_500_without_internals():
     settings = ServeSettings(model_id=MODEL)
     with running_server(create_app(FakeModel(fail_on="explode"), settings)) as url:
@@ -407,6 +456,16 @@ def test_the_default_answer_length_never_exceeds_the_limit():
     with running_server(create_app(fake, ServeSettings(model_id=MODEL, max_tokens_limit=100))) as url:
         client(url).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], temperature=0)
     assert fake.calls[-1]["max_new_tokens"] == 100
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_an_answer_length_over_the_limit_is_refused_naming_the_field_sent(field):
+    with running_server(create_app(FakeModel(), ServeSettings(model_id=MODEL, max_tokens_limit=100))) as url:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client(url).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
+                                                **{field: 101})
+    assert caught.value.message.endswith(f"{field}=101 is above this server's limit of 100")
+    assert caught.value.param == field
 
 
 def test_the_server_audio_limit_reaches_the_model():

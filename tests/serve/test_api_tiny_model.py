@@ -159,3 +159,15 @@ def test_a_text_prompt_beyond_the_llm_context_is_a_400_at_once(tiny):
             api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hello " * limit}],
                                         max_tokens=4, temperature=0)
     assert f"context is {limit} tokens" in caught.value.message
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": "hello world"}],  # the model adds its own system prompt, not the tokenizer's
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello world"}],
+])
+def test_usage_counts_the_prompt_the_model_reads(tiny, messages):
+    with running_server(create_app(tiny, ServeSettings(model_id=MODEL))) as url:
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        reply = api.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, temperature=0)
+    batch, _, _ = tiny.build_batch([messages])
+    assert reply.usage.prompt_tokens == batch.input_ids.shape[1]

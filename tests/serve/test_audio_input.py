@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from desta_audio.audio import AudioError, load_audio
-from desta_audio.serve.audio_input import AudioPolicy, decode_audio_bytes
+from desta_audio.serve.audio_input import AudioPolicy, decode_audio_bytes, decode_base64_audio
 
 
 def encoded(samples: np.ndarray, rate: int, fmt: str = "WAV") -> bytes:
@@ -40,3 +40,15 @@ def test_more_samples_than_the_duration_limit_allows_at_8_channels_are_refused()
         decode_audio_bytes(data, "wav", AudioPolicy(max_seconds=0.1), "clip")
     assert decode_audio_bytes(encoded(np.zeros((2_880, 8), np.int16), 48_000), "wav",
                               AudioPolicy(max_seconds=0.1), "clip").size == 960
+
+
+def test_base64_wrapped_in_lines_decodes_and_other_junk_is_refused():
+    import base64
+
+    data = encoded(np.zeros(1600, np.float32), 16_000)
+    wrapped = base64.encodebytes(data).decode()  # 76-character lines, as the `base64` command writes
+    assert "\n" in wrapped
+    decoded = decode_base64_audio(wrapped, "wav", AudioPolicy(), "clip")
+    np.testing.assert_array_equal(decoded, decode_audio_bytes(data, "wav", AudioPolicy(), "clip"))
+    with pytest.raises(AudioError, match="not valid base64"):
+        decode_base64_audio("data:audio/wav;base64," + wrapped, "wav", AudioPolicy(), "clip")

@@ -59,6 +59,24 @@ def test_concurrent_requests_share_a_batch_per_sampling_setting():
     assert len(chat.threads) == 1 and threading.main_thread().name not in chat.threads
 
 
+def test_seeded_sampling_requests_run_alone_and_greedy_ones_still_share():
+    # Rows of a batch draw from one random generator, so a seed reproduces an answer only in a batch of its own.
+    chat = Recorder()
+    seeded = SamplingParams(max_new_tokens=8, do_sample=True, temperature=0.7, top_p=0.9, seed=7)
+    greedy_with_seed = SamplingParams(max_new_tokens=8, seed=7)
+
+    async def main():
+        batcher = DynamicBatcher(chat, max_batch_size=8, window_s=0.05)
+        await batcher.start()
+        jobs = [batcher.submit(ask(f"s{i}"), seeded) for i in range(3)]
+        jobs += [batcher.submit(ask(f"g{i}"), greedy_with_seed) for i in range(2)]
+        await asyncio.gather(*jobs)
+        await batcher.stop()
+
+    run(main())
+    assert chat.batches == [(["s0"], seeded), (["s1"], seeded), (["s2"], seeded), (["g0", "g1"], greedy_with_seed)]
+
+
 def test_batches_never_exceed_the_maximum():
     chat = Recorder()
 

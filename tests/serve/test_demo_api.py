@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import soundfile as sf
 
 from desta_audio.serve.api import ServeSettings, create_app
 from desta_audio.serve.demo import NOT_UPLOADED, mount_demo
@@ -103,3 +105,17 @@ def test_an_answer_past_the_request_timeout_says_so_and_stops_generating():
         while chat.stopped_early == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
     assert chat.stopped_early == 1
+
+
+def test_an_upload_at_an_absurd_sample_rate_is_refused_before_decoding(tmp_path):
+    # 1 s of 8-channel silence at 655,350 Hz: a small file that decodes to 5 M samples a second
+    clip = tmp_path / "huge.flac"
+    sf.write(clip, np.zeros((655_350, 8), np.int16), 655_350, format="FLAC")
+    model = FakeModel()
+    app = create_app(model, ServeSettings(model_id="m"))
+    mount_demo(app)
+    with running_server(app) as url:
+        uploaded = httpx.post(f"{url}/demo/gradio_api/upload", files={"files": clip.open("rb")}).json()
+        kind, data = ask(f"{url}/demo", "what is said?", [file_data(uploaded[0])])
+    assert kind == "error" and "655350 Hz is above this server's limit of 192000 Hz" in data["error"]
+    assert model.calls == []

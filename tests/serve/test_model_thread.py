@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
+from types import SimpleNamespace
 
 import pytest
 
 from desta_audio.serve.demo import model_answer_function
 from desta_audio.serve.model_thread import load_on_passing_thread
+from tests.serve.helpers import FakeReply
 
 
 def test_load_runs_on_a_thread_that_has_ended_by_the_time_it_returns():
@@ -73,3 +76,33 @@ def test_the_worker_is_a_daemon_thread_and_shutdown_drops_calls_not_started():
     assert waiting.cancelled()
     with pytest.raises(RuntimeError, match="shut down"):
         worker.submit(print)
+
+
+class _EndlessModel:
+    """Generates until its stopping criteria say stop, as a long answer would."""
+
+    llm_model = SimpleNamespace(generate=lambda **kwargs: None)
+
+    def __init__(self) -> None:
+        self.generating = threading.Event()
+
+    def chat(self, conversations, **kwargs):
+        import torch
+
+        self.generating.set()
+        while not bool(kwargs["stopping_criteria"](torch.zeros((1, 1), dtype=torch.long), None)[0]):
+            time.sleep(0.001)
+        return [FakeReply("stopped early", [])]
+
+
+def test_closing_the_demo_stops_the_running_answer_and_ends_its_thread():
+    # Ctrl-C on `desta demo` mid-answer: exiting while the worker is still inside torch aborts the process.
+    model = _EndlessModel()
+    answer = model_answer_function(model, max_new_tokens=100_000)
+    replies: list = []
+    caller = threading.Thread(target=lambda: replies.append(answer([{"role": "user", "content": "go on"}])))
+    caller.start()
+    assert model.generating.wait(10)
+    assert answer.close(wait_s=5)
+    caller.join(5)
+    assert [reply.text for reply in replies] == ["stopped early"]

@@ -214,8 +214,9 @@ def sampling_params(request: ChatCompletionRequest, settings: ServeSettings) -> 
     # The default never exceeds the limit: a request that leaves max_tokens out must not be refused for it.
     max_new_tokens = request.requested_max_tokens or min(settings.default_max_tokens, settings.max_tokens_limit)
     if max_new_tokens > settings.max_tokens_limit:
+        field = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"  # name what was sent
         raise APIError(
-            400, f"max_tokens={max_new_tokens} is above this server's limit of {settings.max_tokens_limit}", param="max_tokens"
+            400, f"{field}={max_new_tokens} is above this server's limit of {settings.max_tokens_limit}", param=field
         )
     temperature = DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
     if temperature == 0:
@@ -236,8 +237,13 @@ def _count_completion_tokens(tokenizer: Any, reply: Any, text: str) -> int:
     return len(tokenizer.encode(text, add_special_tokens=False))
 
 
-def _count_prompt_tokens(tokenizer: Any, conversation: Conversation) -> int:
-    """Text tokens of the templated prompt; audio embeddings are not counted (they depend on the clip)."""
+def _count_prompt_tokens(model: Any, tokenizer: Any, conversation: Conversation) -> int:
+    """Text tokens of the prompt as the model renders it (its own system prompt included); each clip's audio
+    tokens and transcript are not counted (known only once the clip is processed)."""
+    encoder = getattr(model, "conversations", None)
+    if callable(getattr(encoder, "encode", None)):
+        clips = sum(len(message.get("audios", ())) for message in conversation)
+        return len(encoder.encode(conversation, [0] * clips, [[] for _ in range(clips)]).input_ids)
     if tokenizer is None:
         return 0
     try:
@@ -383,11 +389,51 @@ def _error_response(error: APIError) -> JSONResponse:
 
 
 def _validation_message(error: RequestValidationError) -> str:
-    problems = []
-    for problem in error.errors()[:5]:
-        location = ".".join(str(p) for p in problem.get("loc", ()) if p != "body")
-        problems.append(f"{location or 'body'}: {problem.get('msg', 'invalid')}")
-    return "invalid request: " + "; ".join(problems)
+    errors = error.errors()
+    for problem in errors:
+        if problem.get("type") == "json_invalid":
+            detail = (problem.get("ctx") or {}).get("error", "")
+            return f"invalid request: the body is not valid JSON ({detail}); send a JSON object"
+        if problem.get("type") == "model_attributes_type" and tuple(problem.get("loc", ())) == ("body",):
+            return ("invalid request: the body must be a JSON object sent with 'Content-Type: application/json', "
+                    "like {\"model\": ..., \"messages\": [...]}")
+    # A field that takes several shapes (content: a string or a list of parts) fails once per shape; the error from
+    # the shape that got furthest is the one that explains the mistake.
+    deepest: dict[str, tuple[int, list[str]]] = {}
+    for problem in errors:
+        loc = tuple(problem.get("loc", ()))
+        branch_at = next((i for i, part in enumerate(loc) if _is_union_branch(part)), len(loc))
+        key = repr(loc[:branch_at])
+        depth, messages = deepest.get(key, (-1, []))
+        line = f"{_location(loc) or 'body'}: {problem.get('msg', 'invalid')}"
+        if len(loc) > depth:
+            deepest[key] = (len(loc), [line])
+        elif len(loc) == depth and line not in messages:
+            messages.append(line)
+    problems = [line for _, lines in deepest.values() for line in lines]
+    return "invalid request: " + "; ".join(problems[:5])
+
+
+def _is_union_branch(part: Any) -> bool:
+    # pydantic names the member of a union that failed ('str', 'list[...]', 'tagged-union[...]') in the location.
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
+
+
+def _location(loc: Sequence[Any]) -> str:
+    """`messages[0].content[1].text` from pydantic's ('body', 'messages', 0, 'content', <branch>, 1, <tag>, 'text')."""
+    out = ""
+    tagged = tag_next = False
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            tag_next, tagged = tagged, False
+        elif _is_union_branch(part):
+            tagged = "tagged-union" in part
+        elif tag_next:
+            tag_next = False  # the part type's name, which the location already implies
+        else:
+            out += f".{part}" if out else str(part)
+    return out
 
 
 def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatFunction | None = None) -> FastAPI:
@@ -453,8 +499,12 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
         return _error_response(APIError(400, _validation_message(error)))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        return _error_response(APIError(error.status_code, str(error.detail), headers=getattr(error, "headers", None)))
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        message = str(error.detail)
+        if error.status_code in (404, 405):  # a wrong base_url or method: say what is served, as OpenAI does
+            message = (f"Invalid URL ({request.method} {request.url.path}); this server answers "
+                       "POST /v1/chat/completions and GET /v1/models (a client's base_url ends in /v1)")
+        return _error_response(APIError(error.status_code, message, headers=getattr(error, "headers", None)))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, error: Exception) -> JSONResponse:
@@ -507,7 +557,7 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
         params = sampling_params(body, settings)
         conversation, audio_seconds = await run_in_threadpool(request_to_conversation, body, policy)
         metrics.audio_seconds.inc(audio_seconds)
-        prompt_tokens = await run_in_threadpool(_count_prompt_tokens, tokenizer, conversation)
+        prompt_tokens = await run_in_threadpool(_count_prompt_tokens, model, tokenizer, conversation)
         params = _fit_context(prompt_tokens, params, asked_length=body.requested_max_tokens is not None)
         if body.stream:
             return _stream(body, conversation, params, started, prompt_tokens)

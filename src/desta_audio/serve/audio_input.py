@@ -42,7 +42,8 @@ class AudioPolicy:
 
 def decode_base64_audio(payload: str, fmt: str, policy: AudioPolicy, label: str) -> np.ndarray:
     try:
-        data = base64.b64decode(payload, validate=True)
+        # Line breaks are allowed: `base64` and MIME encoders wrap their output at 76 characters.
+        data = base64.b64decode("".join(payload.split()), validate=True)
     except (binascii.Error, ValueError):
         raise AudioError(f"{label}: input_audio.data is not valid base64; send the file bytes base64-encoded") from None
     return decode_audio_bytes(data, fmt, policy, label)
@@ -64,7 +65,7 @@ def decode_audio_url(url: str, policy: AudioPolicy, label: str) -> np.ndarray:
         if policy.allowed_dir is None:
             raise AudioError(f"{label}: this server does not read server-side files; send the audio inline as input_audio")
         path = _inside(Path(unquote(urlparse(url).path) if scheme == "file" else url), policy.allowed_dir, label)
-        _check_file_header(path, policy.max_seconds, label)
+        check_file_header(path, policy.max_seconds, label)
         return load_audio(path, max_seconds=policy.max_seconds, name=label)
     raise AudioError(f"{label}: unsupported URL scheme {scheme!r}; send the audio inline as input_audio")
 
@@ -129,7 +130,8 @@ def _check_header(rate: int, channels: int, frames: int, max_seconds: float, lab
             "channels); mix it down to mono or stereo")
 
 
-def _check_file_header(path: Path, max_seconds: float, label: str) -> None:
+def check_file_header(path: Path, max_seconds: float, label: str) -> None:
+    """Refuse, from its header, a file longer than the limit or bigger than it allows (the demo's uploads too)."""
     import soundfile as sf
 
     try:

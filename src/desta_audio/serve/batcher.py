@@ -56,6 +56,11 @@ class SamplingParams:
     top_p: float | None = None
     seed: int | None = None
 
+    @property
+    def seeded(self) -> bool:
+        """Sampling with a seed: the request runs in a batch of its own, so the seed gives the same answer."""
+        return self.do_sample and self.seed is not None
+
     def chat_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
         if self.do_sample:
@@ -315,12 +320,10 @@ class DynamicBatcher:
             now = loop.time()
             # Each wait that still applies and is not yet satisfied, by when it ends.
             deadlines = []
-            window_ends = oldest.enqueued_at + self.window_s
-            if now < window_ends and len(companions) < self.max_batch_size:
-                deadlines.append(window_ends)
-            refilling = now < self._refill_until and oldest.params == self._refill_params
-            if refilling and len(companions) < self._refill_target:
-                deadlines.append(self._refill_until)
+            if oldest.params.seeded:
+                companions = [oldest]  # rows of one batch share the random generator: a seed holds only alone
+            else:
+                self._add_waits(deadlines, oldest, companions, now)
             if deadlines:
                 await self._next_arrival(max(deadlines) - now)
                 continue
@@ -330,6 +333,14 @@ class DynamicBatcher:
             if not self._pending:
                 self._arrival.clear()
             await self._run(batch)
+
+    def _add_waits(self, deadlines: list[float], oldest: _Job, companions: list[_Job], now: float) -> None:
+        window_ends = oldest.enqueued_at + self.window_s
+        if now < window_ends and len(companions) < self.max_batch_size:
+            deadlines.append(window_ends)
+        refilling = now < self._refill_until and oldest.params == self._refill_params
+        if refilling and len(companions) < self._refill_target:
+            deadlines.append(self._refill_until)
 
     async def _next_arrival(self, timeout: float) -> None:
         """Wait until a request arrives or `timeout` passes; either way the collector looks at the queue again."""

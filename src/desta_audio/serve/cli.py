@@ -172,6 +172,7 @@ def run_demo(
 
     The demo alone, greedy answers; `desta serve --demo` serves it beside the API instead.
     """
+    from desta_audio.audio import DEFAULT_MAX_SECONDS
     from desta_audio.serve.demo import build_demo, model_answer_function, theme
 
     setup_logging(timestamps=True)
@@ -179,12 +180,15 @@ def run_demo(
     loaded = _load_model(model, device, dtype)
     loaded.enable_audio_cache(audio_cache_mb)
     answer = model_answer_function(loaded, max_new_tokens=max_new_tokens)
-    demo = build_demo(answer)
+    demo = build_demo(answer, max_audio_seconds=getattr(loaded, "max_audio_seconds", None) or DEFAULT_MAX_SECONDS)
     # quiet: Gradio's start-up text advises editing launch() for a public link, which a command user cannot do.
     demo.launch(server_name=host, server_port=port, share=False, theme=theme(), footer_links=[], quiet=True,
                 prevent_thread_lock=True)
     typer.echo(f"desta demo: open {demo.local_url} in a browser (Ctrl-C to stop)")
-    demo.block_thread()
+    try:
+        demo.block_thread()
+    finally:
+        answer.close()  # stop an answer still generating: exiting while it runs in torch aborts the process
 
 
 def register(app: typer.Typer) -> None:

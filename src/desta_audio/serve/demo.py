@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from desta_audio.audio import AudioError
+from desta_audio.audio import DEFAULT_MAX_SECONDS, AudioError
 
 # No usage reporting to a third party from a demo someone runs locally.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -50,18 +50,38 @@ _INTRO = (
 )
 
 
-def model_answer_function(model: Any, *, max_new_tokens: int = 256) -> AnswerFunction:
-    """Answer with the model directly, one generate at a time on one worker thread (see `model_thread`)."""
-    from desta_audio.serve.model_thread import model_worker
+class ModelAnswerer:
+    """Answers with the model directly, one generate at a time on one worker thread (see `model_thread`)."""
 
-    worker = model_worker("desta-demo")
+    def __init__(self, model: Any, *, max_new_tokens: int = 256) -> None:
+        from desta_audio.serve.model_chat import forwards_generate_kwargs
+        from desta_audio.serve.model_thread import model_worker
 
-    def answer(conversation: Conversation, on_text: Callable[[str], None] | None = None,
-               on_start: Callable[[list[str]], None] | None = None) -> Any:
-        return worker.submit(model.chat, [conversation], max_new_tokens=max_new_tokens, do_sample=False,
-                             on_text=[on_text], on_start=[on_start]).result()[0]
+        self._model, self._max_new_tokens = model, max_new_tokens
+        self._worker = model_worker("desta-demo")
+        self._closing = threading.Event()
+        self._can_stop = forwards_generate_kwargs(model)
 
-    return answer
+    def __call__(self, conversation: Conversation, on_text: Callable[[str], None] | None = None,
+                 on_start: Callable[[list[str]], None] | None = None) -> Any:
+        extra: dict[str, Any] = {}
+        if self._can_stop:
+            from desta_audio.serve.model_chat import stop_rows_when
+
+            extra["stopping_criteria"] = stop_rows_when([self._closing.is_set])
+        return self._worker.submit(self._model.chat, [conversation], max_new_tokens=self._max_new_tokens,
+                                   do_sample=False, on_text=[on_text], on_start=[on_start], **extra).result()[0]
+
+    def close(self, wait_s: float = 3.0) -> bool:
+        """Stop the running generate at its next token and wait for it (True once it has ended): a process that
+        exits while its worker is inside torch aborts ("terminate called without an active exception")."""
+        self._closing.set()
+        self._worker.shutdown(wait=False, cancel_futures=True)
+        return self._worker.join(wait_s)
+
+
+def model_answer_function(model: Any, *, max_new_tokens: int = 256) -> ModelAnswerer:
+    return ModelAnswerer(model, max_new_tokens=max_new_tokens)
 
 
 def batcher_answer_function(batcher: Any, timeout_s: float, *, max_new_tokens: int = 256) -> AnswerFunction:
@@ -93,8 +113,8 @@ def mount_demo(app: Any, *, path: str = "/demo", max_new_tokens: int = 256) -> N
     settings = app.state.settings
     answer = batcher_answer_function(app.state.batcher, settings.request_timeout_s, max_new_tokens=max_new_tokens)
     login = _api_key_login(settings.api_key) if settings.api_key is not None else None
-    gr.mount_gradio_app(app, build_demo(answer), path=path, theme=theme(), auth=login,
-                        auth_message=LOGIN_MESSAGE if login else None)
+    demo = build_demo(answer, max_audio_seconds=settings.max_audio_seconds)
+    gr.mount_gradio_app(app, demo, path=path, theme=theme(), auth=login, auth_message=LOGIN_MESSAGE if login else None)
 
 
 def _api_key_login(api_key: str) -> Callable[[str, str], bool]:
@@ -113,8 +133,11 @@ def theme() -> Any:
     return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
-def build_demo(answer: AnswerFunction, *, title: str = "DeSTA2.5-Audio") -> Any:
+def build_demo(answer: AnswerFunction, *, title: str = "DeSTA2.5-Audio",
+               max_audio_seconds: float = DEFAULT_MAX_SECONDS) -> Any:
     import gradio as gr
+
+    from desta_audio.serve.audio_input import check_file_header
 
     def ask(
         question: str,
@@ -127,6 +150,11 @@ def build_demo(answer: AnswerFunction, *, title: str = "DeSTA2.5-Audio") -> Any:
         clips = [str(path) for path in (uploads or [])] + ([str(recording)] if recording else [])
         if not question and not clips:
             raise gr.Error("Type a question (and attach audio clips, if any) first.")
+        for clip in clips:  # the API's header checks, before a small upload can decode to gigabytes
+            try:
+                check_file_header(Path(clip), max_audio_seconds, Path(clip).name)
+            except AudioError as error:
+                raise gr.Error(str(error)) from None
         content = "".join(f"{AUDIO_PLACEHOLDER}\n" for _ in clips) + (question or "Describe the audio.")
         message: dict[str, Any] = {"role": "user", "content": content}
         if clips:

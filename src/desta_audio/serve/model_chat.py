@@ -25,12 +25,12 @@ def model_chat_function(model: Any) -> ChatFunction:
     token instead of running to max_new_tokens)."""
     optional = [*(STREAMING_HOOKS if accepts_stream_hooks(model.chat) else ()),
                 *((STOP_STRINGS,) if accepts_stop_strings(model.chat) else ()),
-                *((STOP_REQUESTED,) if _forwards_generate_kwargs(model) else ())]
+                *((STOP_REQUESTED,) if forwards_generate_kwargs(model) else ())]
 
     def chat(conversations: Sequence[Conversation], params: SamplingParams, **extra: Any) -> Sequence[Any]:
         stop_requested = extra.pop(STOP_REQUESTED, None)
         if stop_requested is not None:
-            extra["stopping_criteria"] = _requested_stop(stop_requested)
+            extra["stopping_criteria"] = stop_rows_when(stop_requested)
         return model.chat(list(conversations), **extra, **params.chat_kwargs())
 
     # The batcher reads the signature to know what to pass, so it lists only what this model can use.
@@ -42,7 +42,7 @@ def model_chat_function(model: Any) -> ChatFunction:
     return chat
 
 
-def _forwards_generate_kwargs(model: Any) -> bool:
+def forwards_generate_kwargs(model: Any) -> bool:
     # DeSTAModel.chat passes unknown keywords on to its LLM's generate(); a model without an LLM to generate with
     # (test fakes, wrappers) would get a keyword it does not know.
     if not callable(getattr(getattr(model, "llm_model", None), "generate", None)):
@@ -54,7 +54,7 @@ def _forwards_generate_kwargs(model: Any) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
-def _requested_stop(stop_requested: Sequence[Callable[[], bool]]) -> Any:
+def stop_rows_when(stop_requested: Sequence[Callable[[], bool]]) -> Any:
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 

@@ -77,6 +77,11 @@ class ModelWorker(concurrent.futures.Executor):
         if wait:
             self._thread.join()
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` seconds for the thread to end (after `shutdown`); True when it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def _work(self) -> None:
         while (call := self._calls.get()) is not None:
             future, fn, args, kwargs = call

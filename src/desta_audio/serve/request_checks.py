@@ -21,7 +21,7 @@ def unsupported_field(request: ChatCompletionRequest) -> tuple[str, str] | None:
     if len(request.stop_sequences) > MAX_STOP_STRINGS:
         return "stop", (f"{len(request.stop_sequences)} stop strings is more than this server's limit of "
                         f"{MAX_STOP_STRINGS}")
-    if request.n != 1:
+    if request.n not in (None, 1):
         return "n", f"n={request.n} is not supported; send n=1 (or several requests)"
     if request.tools or request.functions:
         return ("tools" if request.tools else "functions"), _NO_TOOLS

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 
 class _Lenient(BaseModel):
@@ -44,7 +44,18 @@ class AudioURLPart(_Lenient):
     audio_url: AudioURL
 
 
-ContentPart = Annotated[Union[TextPart, InputAudioPart, AudioURLPart], Field(discriminator="type")]
+def _part_type(part: Any) -> Any:
+    return part.get("type") if isinstance(part, dict) else getattr(part, "type", None)
+
+
+# A part of another type (image_url, file...) is refused with a message naming the types this server takes.
+ContentPart = Annotated[
+    Union[Annotated[TextPart, Tag("text")], Annotated[InputAudioPart, Tag("input_audio")],
+          Annotated[AudioURLPart, Tag("audio_url")]],
+    Discriminator(_part_type, custom_error_type="unsupported_content_part",
+                  custom_error_message="content parts must be of type text, input_audio or audio_url "
+                                       "(images and files are not supported)"),
+]
 
 
 class ChatMessage(_Lenient):
@@ -53,7 +64,7 @@ class ChatMessage(_Lenient):
 
 
 class StreamOptions(_Lenient):
-    include_usage: bool = False
+    include_usage: bool | None = False
 
 
 class ChatCompletionRequest(_Lenient):
@@ -65,9 +76,10 @@ class ChatCompletionRequest(_Lenient):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     seed: int | None = None
     stop: str | list[str] | None = None
-    stream: bool = False
+    # OpenAI takes null for these as the default, and some clients send it.
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int = 1
+    n: int | None = 1
     # Declared to be refused when used (see request_checks).
     tools: list[Any] | None = None
     tool_choice: Any = None
