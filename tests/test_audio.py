@@ -52,6 +52,31 @@ def test_missing_empty_corrupt_and_directory(tmp_path):
         load_audio(tmp_path)
 
 
+def test_unreadable_file_is_a_permission_problem_not_a_format_one(tmp_path, monkeypatch):
+    import desta_audio.audio as audio_module
+
+    path = tmp_path / "locked.wav"
+    sf.write(path, tone(1.0), SAMPLE_RATE)
+
+    def refused(file, *args, **kwargs):  # chmod 000 does not stop root, who may run the tests
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr(audio_module, "open", refused, raising=False)
+    with pytest.raises(AudioError, match=r"locked.wav: cannot read the file \(Permission denied\); check its perm"):
+        load_audio(path)
+
+
+def test_a_pipe_is_not_called_an_empty_file(tmp_path):
+    import os
+
+    fifo = tmp_path / "stream.wav"  # what `desta ask <(ffmpeg ...) "..."` hands over
+    os.mkfifo(fifo)
+    with pytest.raises(AudioError, match="stream.wav: not a regular file .*; save the audio to a file"):
+        load_audio(fifo)
+    with pytest.raises(AudioError, match="-: no such audio file; audio is read from files only, not from standard"):
+        load_audio("-")
+
+
 def test_truncated_file(tmp_path):
     path = tmp_path / "cut.flac"
     sf.write(path, tone(3.0), SAMPLE_RATE, format="FLAC")
@@ -166,6 +191,31 @@ def test_cut_mp3_decoding_short_of_its_declared_length_is_refused(tmp_path):
     path.write_bytes(data[: len(data) * 9 // 10])
     with pytest.raises(AudioError, match="clip.mp3: truncated: header declares 3.00 s"):
         load_audio(path)
+
+
+def test_flac_written_to_a_pipe_without_its_length_is_read_whole(tmp_path):
+    path = tmp_path / "streamed.flac"
+    sf.write(path, tone(3.0), SAMPLE_RATE, format="FLAC")
+    data = bytearray(path.read_bytes())
+    # STREAMINFO's 36-bit total sample count (bytes 21-25 of the file), which a writer to a pipe leaves at 0.
+    data[21] &= 0xF0
+    data[22:26] = bytes(4)
+    path.write_bytes(bytes(data))
+    assert load_audio(path).size == 3 * SAMPLE_RATE
+    with pytest.raises(AudioError, match=r"streamed.flac: at least 3.0 s is longer than the 2 s limit"):
+        load_audio(path, max_seconds=2)
+
+
+def test_mp3_without_a_length_header_is_not_taken_as_truncated(tmp_path):
+    path = tmp_path / "vbr.mp3"
+    clip = np.concatenate([np.zeros(2 * SAMPLE_RATE, np.float32), tone(4.0)])
+    sf.write(path, clip, SAMPLE_RATE, format="MP3", bitrate_mode="VARIABLE")
+    data = path.read_bytes()
+    # Drop the first frame, which holds the Xing header: the length is then guessed from the size and the first
+    # (quiet, low bit rate) frame, too long.
+    path.write_bytes(data[data.index(data[:2], 4):])
+    assert sf.info(path).frames > 1.1 * len(clip)
+    assert abs(load_audio(path).size - len(clip)) < 0.1 * SAMPLE_RATE  # encoder padding
 
 
 def test_float_samples_far_beyond_full_scale_are_refused(tmp_path):

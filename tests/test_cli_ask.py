@@ -63,9 +63,15 @@ def no_loading(monkeypatch):
     (["--sample", "--temperature", "-1"], "temperature (--temperature) must be above 0"),
     (["--sample", "--top-p", "2"], "top_p (--top-p) must be above 0 and at most 1"),
     (["--max-audio-seconds", "0"], "--max-audio-seconds must be above 0"),
+    (["--sample", "--seed", str(2**64)], "--seed must fit in 64 bits"),
 ])
 def test_bad_settings_fail_before_loading(no_loading, clip, name, options, expected):
     assert_one_line_error(run(*command(name, clip, *options), stdin=""), expected)
+
+
+@pytest.mark.parametrize("size", ["inf", "nan", "-1"])
+def test_a_bad_audio_cache_size_fails_before_loading(no_loading, size):
+    assert_one_line_error(run("chat", "--audio-cache-mb", size, stdin=""), "--audio-cache-mb must be a size in MB")
 
 
 @pytest.mark.parametrize("name", ["ask", "chat"])
@@ -76,6 +82,9 @@ def test_bad_model_references_fail_in_one_line(offline_hub, clip, tmp_path, name
         str(tmp_path / "no" / "such" / "folder"): "folder: no such folder",
         str(tmp_path / "empty"): "empty: no config.json",
         "foo/bar": "foo/bar: the download from the Hugging Face hub failed",
+        "": "the model name is empty",
+        # A preset's hub adapter is not a mistyped name: the error says which preset needs the network.
+        "desta2.5-llama3.1-8b": "preset desta2.5-llama3.1-8b: DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B: the download",
     }
     for model, expected in cases.items():
         assert_one_line_error(run(*command(name, clip, "--model", model), stdin=""), expected)
@@ -195,3 +204,62 @@ def test_chat_keeps_the_conversation_through_interruptions(tiny_loaded, monkeypa
     assert asked[2][:1] == first_turn and asked[2][1][0] == "assistant"
     assert asked[2][2] == ("user", "<|AUDIO|>\nAnd this, again?", 1)  # the clip stayed attached
     assert len(asked) == 3 and result.stdout.count("desta> ") == 2
+
+
+def test_chat_expands_a_home_folder_in_attached_paths(tiny_loaded, monkeypatch, clip):
+    monkeypatch.setenv("HOME", str(clip.parent))
+    monkeypatch.setattr(tiny_loaded, "chat", lambda *a, **k: pytest.fail("a command reached the model"))
+    scripted_input(monkeypatch, "/audio ~/clip.wav")
+    result = run("chat", "--no-stream")
+    assert result.exit_code == 0, result.output
+    assert "(attached clip.wav)" in result.stderr and "error" not in result.stderr
+
+
+def test_ask_checks_the_question_s_audio_places_before_loading(no_loading, clip):
+    result = run("ask", clip, clip, "Compare <|AUDIO|> with the other.")
+    assert_one_line_error(result, "the question has 1 <|AUDIO|> for 2 audio file(s); put one <|AUDIO|> per file")
+
+
+def test_ask_without_a_question_does_not_take_the_last_clip_as_one(no_loading, clip):
+    assert_one_line_error(run("ask", clip, clip), f"the last argument, {clip}, is a file, but it is taken as the "
+                          "question")
+
+
+def test_ctrl_c_while_a_clip_is_attached_keeps_the_session(tiny_loaded, monkeypatch, clip, tmp_path):
+    from desta_audio import audio
+
+    slow = tmp_path / "slow.wav"
+    sf.write(slow, tone(1.0), SAMPLE_RATE)
+    load = audio.load_audio
+
+    def interrupted(path, *args, **kwargs):  # Ctrl-C while a long clip is being decoded
+        if str(path) == str(slow):
+            raise KeyboardInterrupt
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(audio, "load_audio", interrupted)
+    asked = []
+    monkeypatch.setattr(tiny_loaded, "chat", lambda conversations, **_: asked.append(conversations) or
+                        [type("Reply", (), {"text": "ok"})()])
+    scripted_input(monkeypatch, f"/audio {clip}", f"/audio {slow}", "What is it?")
+    result = run("chat", "--no-stream")
+    assert result.exit_code == 0, result.output
+    assert "(stopped attaching; 1 clip(s) attached to your next message)" in result.stderr
+    assert len(asked) == 1 and len(asked[0][0][-1]["audios"]) == 1
+
+
+def test_ask_stops_generating_once_its_reader_has_gone(tiny_loaded, monkeypatch, clip):
+    written = []
+
+    def closed_after_one(text):  # `desta ask ... | head -c 20`: the pipe closes after the first piece
+        if written:
+            raise BrokenPipeError(32, "Broken pipe")
+        written.append(text)
+
+    monkeypatch.setattr(cli_ask, "_print_streamed", closed_after_one)
+    replies = []
+    answer = tiny_loaded.chat
+    monkeypatch.setattr(tiny_loaded, "chat", lambda *a, **k: replies.extend(answer(*a, **k)) or replies)
+    result = run("ask", clip, "What is this?", "--max-new-tokens", "40")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert len(written) == 1 and len(replies[0].token_ids) < 10

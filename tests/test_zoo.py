@@ -395,7 +395,7 @@ def test_cli_list_and_prepare(fake, monkeypatch):
     relisted = runner.invoke(models_app, ["list"])
     assert any("fake-llm" in line and "yes" in line for line in relisted.output.splitlines())
     failed = runner.invoke(models_app, ["prepare", "no-such-model"])
-    assert failed.exit_code == 1 and "unknown model 'no-such-model'" in failed.output
+    assert failed.exit_code == 2 and "unknown model 'no-such-model'" in failed.output  # bad input, as in ask
     for name in (*zoo.PRESETS, *zoo.PACKAGED):  # every name prepare accepts
         assert name in failed.stderr
 
@@ -465,6 +465,22 @@ def test_cli_prepare_offline_fails_in_one_line(monkeypatch, tmp_path: Path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: openai/whisper-large-v3: the download"), result.stderr
     assert "needs network access" in lines[0]
+    assert "(not in the local cache, and HF_HUB_OFFLINE is set)" in lines[0]  # the reason, not a class name
+
+
+def test_hub_failures_are_said_in_words(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def unreachable(*args, **kwargs):
+        raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(zoo.HubDownloadError, match=r"^some-org/model: the download from the Hugging Face hub failed "
+                       r"\(not in the local cache, and the hub could not be reached\)$"):
+        zoo.download_from_hub("some-org/model")
 
 
 # ------------------------------------------------------------------------- integration (real packaged weights)

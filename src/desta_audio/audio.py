@@ -24,6 +24,8 @@ MAX_CHANNELS = 64  # more is a mistaken layout, not a recording
 # Whisper's log-mel normalisation turns into nonsense (and past ~1e16 into inf in float32 spectra).
 MAX_FLOAT_PEAK = 1000.0
 DECODED_SHORTFALL = 0.01  # a file decoding to this fraction fewer frames than it declares is taken as cut
+UNKNOWN_FRAMES = 2**62  # libsndfile's frame count for a stream whose length is not stored (its largest count)
+DECODE_BLOCK_FRAMES = 2**20  # read unit for files of unknown length (4 MB per channel)
 
 AudioSource = Union[str, Path, np.ndarray]
 # What to do with the array-like types people hand in most often.
@@ -80,11 +82,19 @@ def _read_file(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
     if not path.exists():
-        raise AudioError(f"{path}: no such audio file")
+        hint = "; audio is read from files only, not from standard input" if str(path) == "-" else ""
+        raise AudioError(f"{path}: no such audio file{hint}")
     if path.is_dir():
         raise AudioError(f"{path}: is a directory, not an audio file")
+    if not path.is_file():  # its size would read as 0, and a stream cannot be measured before it is decoded
+        raise AudioError(f"{path}: not a regular file (a pipe or a device); save the audio to a file and give that")
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: the file is empty (0 bytes)")
+    try:  # libsndfile reports a file it may not read as "System error", which reads as a format problem
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise AudioError(f"{path}: cannot read the file ({error.strerror or error}); check its permissions") from None
     try:
         info = sf.info(str(path))
     except Exception as error:  # libsndfile's messages are terse; say what we tried
@@ -102,6 +112,8 @@ def _read_file(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
         return _read_unsized_wav(path, data_chunk, info, max_seconds)
     if info.samplerate <= 0 or info.frames <= 0:
         raise AudioError(f"{path}: contains no audio samples")
+    if not _length_is_declared(path, info):
+        return _read_undeclared_length(path, max_seconds)
     _check_duration(info.frames / info.samplerate, str(path), max_seconds)
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
@@ -112,6 +124,65 @@ def _read_file(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
     if len(data) < info.frames * (1 - DECODED_SHORTFALL):
         raise _truncated(path, info.frames / rate, len(data) / rate)
     return data, rate
+
+
+def _length_is_declared(path: Path, info: Any) -> bool:
+    """Whether libsndfile's frame count comes from the file rather than a guess. A FLAC written to a pipe leaves
+    its total unset (libsndfile then reports the largest count it has), and an mp3 without a Xing/Info/VBRI header
+    gets a length estimated from its size and first frame, far off for variable bit rates."""
+    if info.frames >= UNKNOWN_FRAMES:
+        return False
+    if info.format != "MP3":
+        return True
+    with path.open("rb") as stream:
+        head = stream.read(10)
+        if head[:3] == b"ID3" and len(head) == 10:  # skip the ID3v2 tag; its size is stored 7 bits a byte
+            size = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
+            stream.seek(10 + size + (10 if head[5] & 0x10 else 0))
+        else:
+            stream.seek(0)
+        data = stream.read(8192)
+    start = next((i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] & 0xE0 == 0xE0), None)
+    # The header sits in the first frame, after its side information (at most 32 bytes; VBRI at a fixed 32).
+    window = data[start + 4:start + 64] if start is not None else b""
+    return any(tag in window for tag in (b"Xing", b"Info", b"VBRI"))
+
+
+def _read_undeclared_length(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """Decode a file of unknown length in blocks, refusing it once past the limit, so it is never read whole."""
+    import soundfile as sf
+
+    blocks: list[np.ndarray] = []
+    frames = 0
+    try:
+        with sf.SoundFile(str(path)) as stream:
+            rate = stream.samplerate
+            while True:
+                block = np.full((DECODE_BLOCK_FRAMES, stream.channels), np.nan, np.float32)
+                try:
+                    block = stream.read(dtype="float32", always_2d=True, out=block)
+                except RuntimeError:
+                    # At the end of a FLAC of unknown length libsndfile decodes the last samples, then fails to seek
+                    # past them: they are the rows before the first unfilled (NaN) one. A full block is an error.
+                    unfilled = np.isnan(block[:, 0])
+                    if not unfilled.any():
+                        raise
+                    blocks.append(block[:unfilled.argmax()])
+                    frames += len(blocks[-1])
+                    break
+                if not len(block):
+                    break
+                blocks.append(block)
+                frames += len(block)
+                _check_duration(frames / rate, str(path), max_seconds, at_least=True)
+    except AudioError:
+        raise
+    except Exception as error:
+        raise AudioError(f"{path}: the file is corrupt or truncated ({_first_line(error)})") from None
+    _check_duration(frames / rate, str(path), max_seconds, at_least=True)
+    if not frames:
+        raise AudioError(f"{path}: contains no audio samples")
+    return np.concatenate(blocks), rate
 
 
 @dataclass(frozen=True)
@@ -210,10 +281,11 @@ def _normalise(data: np.ndarray, rate: int, label: str, max_seconds: float | Non
     return data
 
 
-def _check_duration(seconds: float, label: str, max_seconds: float | None) -> None:
+def _check_duration(seconds: float, label: str, max_seconds: float | None, *, at_least: bool = False) -> None:
+    """at_least: `seconds` is what was decoded before stopping, not the whole length."""
     if max_seconds is not None and seconds > max_seconds:
         raise AudioError(
-            f"{label}: {seconds:.1f} s is longer than the {max_seconds:.0f} s limit; "
+            f"{label}: {'at least ' if at_least else ''}{seconds:.1f} s is longer than the {max_seconds:.0f} s limit; "
             "cut it, or raise the limit (max_seconds / --max-audio-seconds)"
         )
 

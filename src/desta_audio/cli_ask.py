@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -43,7 +44,7 @@ def _print_streamed(text: str) -> None:
 
 
 def _check_settings(max_new_tokens: int, sample: bool, temperature: float, top_p: float,
-                    max_audio_seconds: float, dtype: Optional[str]) -> None:
+                    max_audio_seconds: float, dtype: Optional[str], seed: Optional[int]) -> None:
     """Refuse bad settings before any audio or model is loaded."""
     from desta_audio.modeling import check_generation
 
@@ -54,6 +55,8 @@ def _check_settings(max_new_tokens: int, sample: bool, temperature: float, top_p
         _fail(str(error))
     if not max_audio_seconds > 0:
         _fail(f"--max-audio-seconds must be above 0, got {max_audio_seconds}")
+    if seed is not None and not -2**63 <= seed < 2**64:  # the range torch's generator takes
+        _fail(f"--seed must fit in 64 bits, got {seed}")
 
 
 def _load(model: str, asr: bool, device: Optional[str], dtype: Optional[str], max_audio_seconds: float) -> Any:
@@ -84,6 +87,35 @@ def _status(message: str):
     return Console(stderr=True).status(message)
 
 
+class _StreamedAnswer:
+    """Prints an answer as it is generated, and stops the generation once nobody reads it (`| head -1`) instead of
+    running on to --max-new-tokens unseen."""
+
+    def __init__(self) -> None:
+        self.reader_gone = False
+
+    def print(self, text: str) -> None:
+        if self.reader_gone:
+            return
+        try:
+            _print_streamed(text)
+        except BrokenPipeError:
+            self.reader_gone = True
+
+    def stop_when_gone(self, input_ids: Any, scores: Any, **_: Any) -> bool:  # a generate() stopping criterion
+        return self.reader_gone
+
+    def close(self) -> None:
+        if self.reader_gone:
+            # Whatever is still buffered for the closed pipe would fail again, noisily, when Python exits.
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):  # a stdout without a file descriptor has nothing to fail on exit
+                pass
+            raise typer.Exit(1)
+        typer.echo()
+
+
 class _ListeningStatus:
     """A spinner on stderr while the clips are encoded and transcribed; it stops when the answer starts."""
 
@@ -111,7 +143,8 @@ def _fail(message: str) -> None:
 
 def ask(
     inputs: list[str] = typer.Argument(..., metavar="AUDIO... QUESTION",
-                                       help="One or more audio files, then the question."),
+                                       help="One or more audio files, then the question (after -- if it "
+                                       "starts with -)."),
     model: str = _model_option,
     system: Optional[str] = _system_option,
     transcript: Optional[list[str]] = typer.Option(None, "--transcript", help="Use this transcript instead of ASR "
@@ -132,12 +165,19 @@ def ask(
     from desta_audio.audio import AudioError, load_audio
     from desta_audio.processing import ConversationError
 
-    _check_settings(max_new_tokens, sample, temperature, top_p, max_audio_seconds, dtype)
+    _check_settings(max_new_tokens, sample, temperature, top_p, max_audio_seconds, dtype, seed)
     if len(inputs) < 2:
         _fail("give at least one audio file and a question, e.g. desta ask clip.wav \"What is said?\"")
     paths, question = inputs[:-1], inputs[-1]
+    if Path(question).is_file():  # the question left out: the last clip would be asked as the question
+        _fail(f"the last argument, {question}, is a file, but it is taken as the question; put the question "
+              "after the audio files, e.g. desta ask clip.wav \"What is said?\"")
     if transcript and len(transcript) != len(paths):
         _fail(f"{len(transcript)} --transcript value(s) for {len(paths)} audio file(s)")
+    placed = question.count("<|AUDIO|>")
+    if placed and placed != len(paths):
+        _fail(f"the question has {placed} <|AUDIO|> for {len(paths)} audio file(s); put one <|AUDIO|> per file "
+              "where it belongs, or none to have the clips before the question")
     texts = list(transcript) if transcript else [None] * len(paths)
     try:  # check every input before spending time on loading the model
         audios = [load_audio(p, max_seconds=max_audio_seconds) for p in paths]
@@ -146,23 +186,24 @@ def ask(
     started = time.perf_counter()
     desta = _load(model, asr, device, dtype, max_audio_seconds)
     load_seconds = time.perf_counter() - started
-    content = question if "<|AUDIO|>" in question else "<|AUDIO|>" * len(paths) + "\n" + question
+    content = question if placed else "<|AUDIO|>" * len(paths) + "\n" + question
     conversation = [{"role": "user", "content": content,
                      "audios": [{"audio": a, "text": t} for a, t in zip(audios, texts)]}]
     if system is not None:
         conversation.insert(0, {"role": "system", "content": system})
-    streaming = stream and not as_json
+    streamed = _StreamedAnswer() if stream and not as_json else None
     listening = _ListeningStatus(audios)
     try:
         try:
             reply = desta.chat([conversation], **_generation(max_new_tokens, sample, temperature, top_p, seed),
-                               on_text=[_print_streamed] if streaming else None, on_start=[listening.stop])[0]
+                               on_text=[streamed.print] if streamed else None, on_start=[listening.stop],
+                               **({"stopping_criteria": [streamed.stop_when_gone]} if streamed else {}))[0]
         finally:
             listening.stop()
     except (AudioError, ConversationError) as error:
         _fail(str(error))
-    if streaming:
-        typer.echo()
+    if streamed:
+        streamed.close()
     elif as_json:
         payload = {"answer": reply.text, "transcripts": reply.transcripts, "audios": paths, "model": model,
                    "dtype": dtype_name(desta.llm_model.dtype),
@@ -210,7 +251,9 @@ def chat(
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:  # not on every platform
         pass
-    _check_settings(max_new_tokens, sample, temperature, top_p, max_audio_seconds, dtype)
+    _check_settings(max_new_tokens, sample, temperature, top_p, max_audio_seconds, dtype, seed)
+    if not 0 <= audio_cache_mb < float("inf"):  # also refuses nan
+        _fail(f"--audio-cache-mb must be a size in MB, 0 or more (0 turns the cache off), got {audio_cache_mb}")
     desta = _load(model, asr, device, dtype, max_audio_seconds)
     desta.enable_audio_cache(audio_cache_mb)
     generation = _generation(max_new_tokens, sample, temperature, top_p, seed)
@@ -245,19 +288,22 @@ def chat(
             continue
         if command == "/audio":
             try:
-                paths = shlex.split(rest)
+                paths = [os.path.expanduser(path) for path in shlex.split(rest)]  # ~ as a shell would
             except ValueError as error:
                 _chat_error(f"{error}; quote a path with spaces whole, e.g. /audio 'my clip.wav'")
                 continue
             if not paths:
                 _chat_error("give the clips to attach: /audio PATH [PATH...]")
-            for path in paths:
-                try:
-                    pending.append({"audio": load_audio(path, max_seconds=max_audio_seconds), "text": None})
-                    pending_names.append(Path(path).name)
-                    typer.echo(f"(attached {Path(path).name})", err=True)
-                except AudioError as error:
-                    _chat_error(str(error))
+            try:
+                for path in paths:
+                    try:
+                        pending.append({"audio": load_audio(path, max_seconds=max_audio_seconds), "text": None})
+                        pending_names.append(Path(path).name)
+                        typer.echo(f"(attached {Path(path).name})", err=True)
+                    except AudioError as error:
+                        _chat_error(str(error))
+            except KeyboardInterrupt:  # a long clip takes seconds to decode: Ctrl-C stops attaching, not the session
+                typer.echo(f"\n(stopped attaching; {len(pending)} clip(s) attached to your next message)", err=True)
             continue
         if command[:1] == "/" and command[1:].isalpha():  # a mistyped command must not reach the model
             _chat_error(f"unknown command {command}; the commands are {', '.join(CHAT_COMMANDS)} (/help)")

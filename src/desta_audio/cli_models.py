@@ -17,9 +17,10 @@ models_app = typer.Typer(
 )
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 1) -> None:
+    """code: 2 for a mistake in the command line, as the other commands; 1 for a failure of the cache or network."""
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)  # one line, however narrow the terminal
-    raise typer.Exit(code=1)
+    raise typer.Exit(code=code)
 
 
 def _human_size(num_bytes: float) -> str:
@@ -111,7 +112,7 @@ def prepare_model(
     preset, download its components into the Hugging Face cache instead."""
     if name not in zoo.PRESETS and name not in zoo.PACKAGED:
         _fail(f"unknown model {name!r}; presets: {', '.join(zoo.PRESETS)}; packaged models: "
-              f"{', '.join(zoo.PACKAGED)}")
+              f"{', '.join(zoo.PACKAGED)}", code=2)
     try:
         if name in zoo.PACKAGED:
             typer.echo(f"{name}: {zoo.prepare_packaged(name, verify=True)}")  # echo: a path must not wrap as markup
@@ -121,7 +122,7 @@ def prepare_model(
     except (ValueError, zoo.PackagedWeightsError) as error:
         _fail(str(error))
     except zoo.HubDownloadError as error:
-        _fail(f"{error}; preparing {name} needs network access (unset HF_HUB_OFFLINE)")
+        _fail(f"{error}; preparing {name} needs network access once")
     for role in ("encoder", "llm", "adapter"):
         ref = getattr(preset, role)
         where = f"{ref} (downloaded to {downloaded[role]})" if role in downloaded else ref

@@ -98,7 +98,7 @@ def load_model(
         config = DeSTAConfig(encoder_model_id=str(named.encoder), llm_model_id=str(named.llm),
                              **getattr(preset, "adapter_config", {}))
         if preset.adapter is not None and not fresh_adapter:
-            adapter_dir = _local_dir(preset.adapter)
+            adapter_dir = _preset_adapter_dir(str(reference), preset.adapter)
             config = read_config(adapter_dir)
         encoder, llm = encoder or preset.encoder, llm or preset.llm
     else:
@@ -245,9 +245,26 @@ def _loading(component: str | Path) -> Iterator[None]:
                              f"({reason}); {HUB_ADVICE}") from None
 
 
+def _preset_adapter_dir(preset: str, adapter: str | Path) -> Path:
+    """A preset's adapter: shipped in the package (a folder) or on the hub, where a failed download is no
+    mistyped name and is reported as the preset's."""
+    from desta_audio import zoo
+
+    if isinstance(adapter, Path):
+        return _local_dir(adapter)
+    try:
+        return zoo.download_from_hub(adapter, ADAPTER_FILES)
+    except zoo.HubDownloadError as error:
+        raise ModelLoadError(f"preset {preset}: {error}; it needs the network once (`desta models prepare "
+                             f"{preset}` fetches it), or use an offline preset (`desta models list`)") from None
+
+
 def _local_dir(reference: str | Path) -> Path:
     from desta_audio import zoo
 
+    if not str(reference).strip():  # Path("") is the current folder
+        raise ModelLoadError("the model name is empty; give a preset (`desta models list`), an adapter folder or "
+                             "a hub id (owner/name)")
     path = Path(reference).expanduser()
     if path.is_dir():
         if not (path / CONFIG_FILE).exists():

@@ -590,7 +590,29 @@ def download_from_hub(repo_id: str, allow_patterns: tuple[str, ...] = HUB_MODEL_
         return Path(snapshot_download(repo_id, allow_patterns=list(allow_patterns)))
     except (OSError, HFValidationError) as error:  # hub errors are OSErrors: offline, unreachable, no such repo
         raise HubDownloadError(f"{repo_id}: the download from the Hugging Face hub failed "
-                               f"({type(error).__name__})") from None
+                               f"({_hub_failure(error)})") from None
+
+
+def _hub_failure(error: Exception) -> str:
+    """Why a hub download failed, in words: the exception's class name alone tells a user nothing."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    if isinstance(error, LocalEntryNotFoundError):
+        return ("not in the local cache, and HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else
+                "not in the local cache, and the hub could not be reached")
+    if isinstance(error, GatedRepoError):  # a RepositoryNotFoundError too: checked first
+        return "a gated repository: accept its terms on the hub, then log in with `hf auth login`"
+    if isinstance(error, RepositoryNotFoundError):
+        return "no such repository, or a private one: check the id, or log in with `hf auth login`"
+    if isinstance(error, HFValidationError):
+        return "not a valid repository id"
+    return type(error).__name__
 
 
 def download_hub_components(preset: Preset) -> dict[str, Path]:
