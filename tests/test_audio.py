@@ -236,3 +236,10 @@ def test_float_samples_far_beyond_full_scale_are_refused(tmp_path):
 def test_sources_that_are_neither_path_nor_array_are_named(source, message):
     with pytest.raises(AudioError, match=message):
         load_audio(source)
+
+
+def test_64_bit_integer_samples_are_refused_not_silenced():
+    pcm = np.array([int(x) for x in (tone(0.5) * 32767).astype(np.int16)])  # numpy widens a list of ints to int64
+    with pytest.raises(AudioError, match=r"int64 samples; give int16 or int32 PCM \(e.g. samples.astype"):
+        load_audio(pcm)
+    assert np.abs(load_audio(pcm.astype(np.int16))).max() == pytest.approx(0.3, abs=0.01)

@@ -399,3 +399,23 @@ def test_ask_wants_a_list_of_audios(tiny):
         tiny.ask("clip.wav", "What is said?")
     with pytest.raises(TypeError, match="ask\\(\\) takes a list of audios"):
         tiny.ask(tone(1.0), "What is said?")
+
+
+def test_a_prompt_past_the_llm_context_is_refused_before_generating(tiny, monkeypatch):
+    from desta_audio.processing import ContextLengthError
+
+    conversation = ask("<|AUDIO|>\nwhat is said", tone(31.0), text="hello")  # two windows of audio tokens
+    length = int(tiny.build_batch([conversation])[0].attention_mask.sum())
+    assert length > 2 * tiny.config.prompt_size
+    monkeypatch.setattr(tiny.llm_model.config, "max_position_embeddings", length + 3)
+    monkeypatch.setattr(tiny.llm_model, "generate", lambda **_: pytest.fail("generate() ran past the context"))
+    with pytest.raises(ContextLengthError, match=f"its prompt is {length} tokens .* context of {length + 3}"):
+        tiny.chat([[{"role": "user", "content": "hi"}], conversation], max_new_tokens=4)
+    monkeypatch.undo()
+    reply = tiny.chat([conversation], max_new_tokens=3)[0]
+    assert reply.prompt_tokens == length  # the clips' audio tokens and transcript counted
+
+
+def test_a_batch_item_that_is_no_conversation_is_named(tiny):
+    with pytest.raises(TypeError, match="item 1 is ellipsis"):
+        tiny.chat([ask("hi"), ...])

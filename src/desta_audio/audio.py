@@ -255,6 +255,11 @@ def _normalise(data: np.ndarray, rate: int, label: str, max_seconds: float | Non
     data = np.asarray(data)
     if data.dtype.kind not in "fiu":
         raise AudioError(f"{label}: expected numeric samples, got dtype {data.dtype}")
+    if data.dtype.kind in "iu" and data.dtype.itemsize > 4:
+        # No PCM format has 64-bit samples: such an array is int16/int32 PCM widened by numpy (np.array of a list of
+        # ints), and scaling it by the 64-bit range would turn it into silence.
+        raise AudioError(f"{label}: {data.dtype} samples; give int16 or int32 PCM (e.g. samples.astype(np.int16)) "
+                         "or float32 in [-1, 1]")
     if data.ndim == 2:
         if data.shape[1] > data.shape[0]:  # (channels, samples): see load_audio
             data = data.T

@@ -27,6 +27,7 @@ from desta_audio.processing import (
     Batch,
     Conversation,
     ConversationEncoder,
+    ContextLengthError,
     ConversationError,
     Encoded,
     audio_refs,
@@ -95,13 +96,15 @@ class WhisperPerception(nn.Module):
 @dataclass
 class ChatReply:
     """One answer of `DeSTAModel.chat`: its text (stripped), the transcript used for each audio of the conversation
-    (in order; the caller's where given), the generated token ids (up to the end of turn) and the timings of the
-    call in seconds (shared by every reply of a batch)."""
+    (in order; the caller's where given), the generated token ids (up to the end of turn), the timings of the
+    call in seconds (shared by every reply of a batch) and the prompt's length in LLM positions (the clips' audio
+    tokens and transcripts included)."""
 
     text: str
     transcripts: list[str]
     token_ids: list[int]
     timings: dict[str, float] = field(default_factory=dict)
+    prompt_tokens: int = 0
 
 
 @dataclass
@@ -505,6 +508,7 @@ class DeSTAModel(nn.Module):
         self.eval()
         timings: dict[str, float] = {}
         batch, audio_tokens, transcripts = self.build_batch(conversations, timings=timings)
+        prompt_lengths = self._check_context(batch, max_new_tokens)
         for callback, row_transcripts in zip(on_start or (), transcripts):
             if callback is not None:
                 callback(list(row_transcripts))
@@ -526,8 +530,21 @@ class DeSTAModel(nn.Module):
         for row, ids in enumerate(generated.tolist()):
             ids = _until_stop(ids, stops)
             text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-            replies.append(ChatReply(text, transcripts[row], ids, dict(timings)))
+            replies.append(ChatReply(text, transcripts[row], ids, dict(timings), prompt_lengths[row]))
         return replies
+
+    def _check_context(self, batch: Batch, max_new_tokens: int) -> list[int]:
+        """Past its context the LLM answers with nonsense, or fails, after minutes of work: refuse such a row first.
+        Known only here, once the clips' audio tokens and transcripts are in the prompt."""
+        lengths = batch.attention_mask.sum(dim=1).tolist()
+        context = getattr(self.llm_model.config, "max_position_embeddings", None)
+        for row, length in enumerate(lengths):
+            if isinstance(context, int) and length + max_new_tokens > context:
+                raise ContextLengthError(
+                    f"conversation {row}: its prompt is {length} tokens (the clips' audio tokens and transcripts "
+                    f"included) and {max_new_tokens} new tokens are asked, more than the LLM's context of {context} "
+                    "tokens; shorten the conversation or its clips, or ask for fewer new tokens")
+        return lengths
 
     def _check_generate_kwargs(self, generate_kwargs: dict[str, Any]) -> None:
         """Refuse a keyword `generate()` does not know (a misspelt `temprature`) before any audio work: generate()
@@ -576,6 +593,9 @@ def _check_conversations(conversations: Any) -> None:
         raise TypeError("chat() takes a list of conversations, each a list of messages; wrap a single "
                         "conversation in a list")
     for index, conversation in enumerate(conversations):
+        if isinstance(conversation, (str, dict)) or not isinstance(conversation, Sequence):
+            raise TypeError(f"chat() takes a list of conversations, each a list of messages; item {index} is "
+                            f"{type(conversation).__name__} {conversation!r:.60}")
         roles = [message.get("role") for message in conversation if isinstance(message, dict)]
         if len(roles) == len(conversation) and "user" not in roles:  # a non-dict message gets audio_refs' error
             raise ConversationError(f"conversation {index} has no user message to answer (roles: {roles!r:.120})")

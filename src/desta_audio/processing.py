@@ -27,6 +27,10 @@ class ConversationError(ValueError):
     """A malformed conversation, with the message at fault."""
 
 
+class ContextLengthError(ConversationError):
+    """A prompt (clips' audio tokens and transcripts included) and its answer that do not fit in the LLM's context."""
+
+
 @dataclass
 class AudioRef:
     """One audio of a conversation, in order of appearance."""

@@ -171,3 +171,18 @@ def test_usage_counts_the_prompt_the_model_reads(tiny, messages):
         reply = api.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, temperature=0)
     batch, _, _ = tiny.build_batch([messages])
     assert reply.usage.prompt_tokens == batch.input_ids.shape[1]
+
+
+def test_clips_count_in_usage_and_a_clip_past_the_context_is_a_400(tiny, monkeypatch):
+    messages = [{"role": "user", "content": [audio_part(tone_wav(0.5, 300.0), transcript="hello world"),
+                                             {"type": "text", "text": "what is said"}]}]
+    with running_server(create_app(tiny, ServeSettings(model_id=MODEL))) as url:
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
+        reply = api.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, temperature=0)
+        assert reply.usage.prompt_tokens > tiny.config.prompt_size  # the clip's audio tokens are in the prompt
+        # A context that holds the text but not the clip: the model finds out once the clip is in the prompt.
+        monkeypatch.setattr(tiny.llm_model.config, "max_position_embeddings", reply.usage.prompt_tokens)
+        with pytest.raises(openai.BadRequestError) as caught:
+            api.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, temperature=0)
+    assert caught.value.code == "context_length_exceeded"
+    assert f"- its prompt is {reply.usage.prompt_tokens} tokens" in caught.value.message  # no row number

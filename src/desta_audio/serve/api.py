@@ -41,6 +41,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from desta_audio.audio import AudioError, duration_seconds
+from desta_audio.processing import ContextLengthError
 from desta_audio.serve.audio_input import AudioPolicy, decode_audio_url, decode_base64_audio
 from desta_audio.serve.batcher import (
     BatcherClosedError,
@@ -291,6 +292,9 @@ def _generation_error(error: BaseException, settings: ServeSettings) -> APIError
                         "ask for fewer max_tokens or retry later", type="server_error", code="timeout")
     if isinstance(error, BatcherClosedError):
         return APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
+    if isinstance(error, ContextLengthError):  # the clips' tokens took a prompt past the context
+        return APIError(400, str(error).removeprefix("conversation 0: "), param="messages",
+                        code="context_length_exceeded")
     if isinstance(error, AudioError):  # the model refused a clip (e.g. unusable audio found during generation)
         return APIError(400, str(error), code="invalid_audio")
     return None
@@ -603,6 +607,7 @@ def create_app(model: Any, settings: ServeSettings | None = None, *, chat: ChatF
             param="messages", code="context_length_exceeded")
 
     async def _usage(prompt_tokens: int, reply: Any, text: str) -> tuple[int, Usage]:
+        prompt_tokens = getattr(reply, "prompt_tokens", 0) or prompt_tokens  # the model's count includes the clips
         completion_tokens = await run_in_threadpool(_count_completion_tokens, tokenizer, reply, text)
         metrics.completion_tokens.inc(completion_tokens)
         return completion_tokens, Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
